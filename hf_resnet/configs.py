@@ -1,0 +1,134 @@
+"""Argument dataclasses: what to load (model), what to train on (data), how (strategy), and the Trainer's own.
+
+Every field carries help text; `recipes/*.yaml` set them, CLI flags override them (see `parser.py`).
+Cross-field checks live in `__post_init__` so a bad recipe fails before any data or weights are touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+BUNDLED_PREFIX = "bundled:"
+
+
+@dataclass
+class ModelArguments:
+    """Parameters that control which model is fine-tuned and how its head is set up."""
+
+    model_name_or_path: str | None = field(
+        default="microsoft/resnet-50",
+        metadata={"help": "Hub id or local folder of the checkpoint to fine-tune. Set to null to build from `config_name`."},
+    )
+    config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Config (hub id, folder, or `bundled:<name>`) to build a randomly initialised model from, "
+            "used when `model_name_or_path` is null (as run_clm.py does)."
+        },
+    )
+    image_processor_name: str | None = field(
+        default=None,
+        metadata={"help": "Image processor (hub id, folder or `bundled:<name>`); defaults to the model's or config's own."},
+    )
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the checkpoint."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+    token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token for gated models and datasets (ILSVRC/imagenet-1k); defaults to the logged-in one."},
+    )
+    tuning: str = field(
+        default="full",
+        metadata={
+            "help": "`full`: train every weight. `linear_probe`: freeze the backbone (BatchNorm kept in eval mode) "
+            "and train only the classifier head."
+        },
+    )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the classifier head; defaults to `learning_rate` (the backbone's)."},
+    )
+
+    def __post_init__(self):
+        if self.model_name_or_path is None and self.config_name is None:
+            raise ValueError("Set `model_name_or_path` (a checkpoint) or `config_name` (a config to build from).")
+        if self.tuning not in ("full", "linear_probe"):
+            raise ValueError(f"`tuning` must be 'full' or 'linear_probe', got {self.tuning!r}.")
+
+
+@dataclass
+class DataArguments:
+    """Parameters that control what data is read and how it is split and preprocessed."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset id (e.g. ILSVRC/imagenet-1k) or `bundled:digits` (scikit-learn's digits, "
+            "rendered as an image folder on first use). Leave unset to use `train_dir`/`validation_dir`."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    train_dir: str | None = field(default=None, metadata={"help": "Image folder (one sub-folder per class) to train on."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Image folder to evaluate on."})
+    test_dir: str | None = field(
+        default=None,
+        metadata={"help": "Image folder to predict (flat, unlabeled) or score (one sub-folder per class) at the end."},
+    )
+    image_column_name: str | None = field(
+        default=None, metadata={"help": "Column holding the images; auto-detected from `image`/`img` when unset."}
+    )
+    label_column_name: str | None = field(
+        default=None, metadata={"help": "Column holding the ClassLabel; auto-detected from `label`/`labels` when unset."}
+    )
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream the dataset (IterableDataset) instead of downloading/preparing it."}
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000, metadata={"help": "Examples held in the shuffle buffer when streaming (images, not batches)."}
+    )
+    train_val_split: float = field(
+        default=0.15,
+        metadata={"help": "Share of train split off (stratified, seeded) as validation when there is no validation split."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation examples."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only this many test examples."})
+    random_resized_crop_scale: list[float] = field(
+        default_factory=lambda: [0.08, 1.0],
+        metadata={"help": "Area range of RandomResizedCrop in training (torchvision's default is 0.08-1.0)."},
+    )
+    horizontal_flip: float = field(
+        default=0.5, metadata={"help": "Probability of a horizontal flip in training (0 for digits and text)."}
+    )
+
+    def __post_init__(self):
+        if self.dataset_name is None and self.train_dir is None and self.validation_dir is None:
+            raise ValueError(
+                "No data: set `dataset_name` (a Hub id or `bundled:digits`) or `train_dir`/`validation_dir` (image folders)."
+            )
+        if not 0.0 < self.train_val_split < 1.0:
+            raise ValueError(f"`train_val_split` must be between 0 and 1, got {self.train_val_split}.")
+        if len(self.random_resized_crop_scale) != 2 or not 0 < self.random_resized_crop_scale[0] <= self.random_resized_crop_scale[1] <= 1:
+            raise ValueError(f"`random_resized_crop_scale` must be [min, max] with 0 < min <= max <= 1, got {self.random_resized_crop_scale}.")
+        if not 0.0 <= self.horizontal_flip <= 1.0:
+            raise ValueError(f"`horizontal_flip` is a probability, got {self.horizontal_flip}.")
+
+
+@dataclass
+class FinetuneTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with defaults that suit image classification (every Trainer field is still accepted)."""
+
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the transforms need the image column the model does not take."}
+    )
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: `no`, `steps` or `epoch`."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: `no`, `steps`, `epoch` or `best`."})
+    logging_strategy: str = field(default="steps", metadata={"help": "When to log: `no`, `steps` or `epoch`."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every this many optimizer steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    dataloader_num_workers: int = field(
+        default=2, metadata={"help": "DataLoader worker processes; image decoding and transforms run in them."}
+    )
+    do_train: bool = field(default=True, metadata={"help": "Fine-tune on the train split."})
+    do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})

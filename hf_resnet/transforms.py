@@ -1,0 +1,191 @@
+"""Train and eval transforms resolved from the checkpoint's own image processor.
+
+The processor is the truth for size, crop_pct, resample, mean and std (timm's `resolve_data_config` idea).
+Eval reproduces the processor's resize + center crop exactly (tests compare tensors on real photos), so the
+accuracy measured here is the accuracy `pipeline("image-classification")` gives on the same images. Note the
+HF example script resizes ResNet-50's eval images to 224 and crops 224, ignoring crop_pct (256 -> 224).
+
+Train is RandomResizedCrop + horizontal flip at the processor's crop size. Transforms are attached lazily
+(`with_transform` / `IterableDataset.map`) so they run inside the DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, ImageOps
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+# PIL resample codes (as stored in preprocessor_config.json) -> torchvision modes.
+_PIL_TO_TV = {
+    0: InterpolationMode.NEAREST,
+    1: InterpolationMode.LANCZOS,
+    2: InterpolationMode.BILINEAR,
+    3: InterpolationMode.BICUBIC,
+    4: InterpolationMode.BOX,
+    5: InterpolationMode.HAMMING,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What the processor does, as plain numbers: resize rule, crop, interpolation, normalisation."""
+
+    crop_size: tuple[int, int]  # (height, width) fed to the model
+    resize_shortest_edge: int | None  # resize the short side to this (aspect kept) ...
+    resize_size: tuple[int, int] | None  # ... or resize to exactly (height, width)
+    center_crop: bool
+    interpolation: InterpolationMode
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    rescale_factor: float = 1 / 255
+
+    @classmethod
+    def from_processor(cls, processor) -> "PreprocessConfig":
+        """Read a HF image processor (ConvNext/ResNet, BiT, ViT styles) into a PreprocessConfig."""
+        size = dict(processor.size) if processor.size is not None else {}
+        size = {k: v for k, v in size.items() if v is not None}
+        resample = getattr(processor, "resample", 2)
+        interpolation = resample if isinstance(resample, InterpolationMode) else _PIL_TO_TV[int(resample)]
+        mean = tuple(float(m) for m in processor.image_mean)
+        std = tuple(float(s) for s in processor.image_std)
+        rescale = float(getattr(processor, "rescale_factor", 1 / 255))
+        crop_pct = getattr(processor, "crop_pct", None)
+        if "shortest_edge" in size and crop_pct is not None:  # ConvNext / microsoft/resnet-* processors
+            edge = int(size["shortest_edge"])
+            if edge < 384:
+                return cls((edge, edge), int(edge / crop_pct), None, True, interpolation, mean, std, rescale)
+            return cls((edge, edge), None, (edge, edge), False, interpolation, mean, std, rescale)
+        do_crop = bool(getattr(processor, "do_center_crop", False))
+        crop = dict(getattr(processor, "crop_size", None) or {})
+        if "shortest_edge" in size:  # BiT / CLIP style: resize short side, then crop
+            edge = int(size["shortest_edge"])
+            crop_hw = (int(crop["height"]), int(crop["width"])) if do_crop else (edge, edge)
+            return cls(crop_hw, edge, None, do_crop, interpolation, mean, std, rescale)
+        if "height" in size and "width" in size:  # ViT style: resize to a fixed size
+            hw = (int(size["height"]), int(size["width"]))
+            crop_hw = (int(crop["height"]), int(crop["width"])) if do_crop else hw
+            return cls(crop_hw, None, hw, do_crop, interpolation, mean, std, rescale)
+        raise ValueError(f"Unsupported image processor size {processor.size!r}; expected shortest_edge or height/width.")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """EXIF-upright RGB; transparent pixels are composited on white instead of keeping what lies under them."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _resize_shortest_edge(image: torch.Tensor, edge: int, interpolation) -> torch.Tensor:
+    # Same arithmetic as transformers' get_resize_output_image_size (int(), not round()).
+    height, width = image.shape[-2:]
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(edge * long / short)
+    size = (new_long, edge) if width <= height else (edge, new_long)
+    return F.resize(image, list(size), interpolation=interpolation, antialias=True)
+
+
+def _center_crop(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    # transformers floors the offset; torchvision's CenterCrop rounds it, which is one pixel off on odd margins.
+    height, width = image.shape[-2:]
+    crop_h, crop_w = size
+    if crop_h > height or crop_w > width:
+        return F.center_crop(image, list(size))  # pads with zeros, as the processor does
+    top, left = int((height - crop_h) / 2.0), int((width - crop_w) / 2.0)
+    return F.crop(image, top, left, crop_h, crop_w)
+
+
+class _Normalize(torch.nn.Module):
+    """uint8 -> float, then (x - mean/rescale) / (std/rescale): the processor's fused rescale + normalise."""
+
+    def __init__(self, cfg: PreprocessConfig):
+        super().__init__()
+        self.mean = (torch.tensor(cfg.mean) * (1.0 / cfg.rescale_factor)).tolist()
+        self.std = (torch.tensor(cfg.std) * (1.0 / cfg.rescale_factor)).tolist()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return F.normalize(image.to(torch.float32), self.mean, self.std)
+
+
+class EvalTransform(torch.nn.Module):
+    """PIL image -> normalised tensor, exactly as the checkpoint's image processor would produce it."""
+
+    def __init__(self, cfg: PreprocessConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.normalize = _Normalize(cfg)
+
+    def forward(self, image: Image.Image) -> torch.Tensor:
+        cfg = self.cfg
+        x = F.pil_to_tensor(to_rgb(image))
+        if cfg.resize_shortest_edge is not None:
+            x = _resize_shortest_edge(x, cfg.resize_shortest_edge, cfg.interpolation)
+        elif cfg.resize_size is not None:
+            x = F.resize(x, list(cfg.resize_size), interpolation=cfg.interpolation, antialias=True)
+        if cfg.center_crop:
+            x = _center_crop(x, cfg.crop_size)
+        return self.normalize(x)
+
+
+def build_train_transform(
+    cfg: PreprocessConfig, scale: Sequence[float] = (0.08, 1.0), flip: float = 0.5
+) -> Callable[[Image.Image], torch.Tensor]:
+    """RandomResizedCrop at the model's input size, optional horizontal flip, the processor's normalisation."""
+    steps: list = [
+        v2.Lambda(to_rgb),
+        v2.PILToTensor(),
+        v2.RandomResizedCrop(cfg.crop_size, scale=tuple(scale), interpolation=cfg.interpolation, antialias=True),
+    ]
+    if flip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=flip))
+    steps.append(_Normalize(cfg))
+    return v2.Compose(steps)
+
+
+def build_eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
+    return EvalTransform(cfg)
+
+
+class ExampleTransform:
+    """Dataset example(s) -> {"pixel_values", "labels"}; picklable so DataLoader workers can run it.
+
+    `label_map` re-indexes dataset labels onto a pretrained head whose classes are the same names in another
+    order. Examples without a label (or with -1) get no "labels" key when `with_labels` is False.
+    """
+
+    def __init__(self, transform, image_column: str, label_column: str | None, label_map: list[int] | None = None):
+        self.transform = transform
+        self.image_column = image_column
+        self.label_column = label_column
+        self.label_map = label_map
+
+    def _label(self, value: int) -> int:
+        return self.label_map[value] if self.label_map is not None and value >= 0 else value
+
+    def example(self, example: dict) -> dict:
+        out = {"pixel_values": self.transform(example[self.image_column])}
+        if self.label_column is not None:
+            out["labels"] = self._label(example[self.label_column])
+        return out
+
+    def batch(self, batch: dict) -> dict:
+        out = {"pixel_values": [self.transform(image) for image in batch[self.image_column]]}
+        if self.label_column is not None:
+            out["labels"] = [self._label(v) for v in batch[self.label_column]]
+        return out
+
+
+def collate(examples: list[dict]) -> dict:
+    batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+    if "labels" in examples[0]:
+        batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+    return batch
