@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 BUNDLED_PREFIX = "bundled:"
@@ -129,6 +130,9 @@ class FinetuneTrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     dataloader_num_workers: int = field(
         default=2, metadata={"help": "DataLoader worker processes; image decoding and transforms run in them."}
+    )
+    dataloader_pin_memory: bool = field(
+        default_factory=torch.cuda.is_available, metadata={"help": "Pin host memory for faster GPU copies (GPU only)."}
     )
     do_train: bool = field(default=True, metadata={"help": "Fine-tune on the train split."})
     do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})

@@ -184,6 +184,15 @@ class ExampleTransform:
         return out
 
 
+def attach(dataset, transform: ExampleTransform):
+    """Apply `transform` lazily: on access for map-style data, while iterating for streamed data (in workers)."""
+    from datasets import IterableDataset
+
+    if isinstance(dataset, IterableDataset):
+        return dataset.map(transform.example, remove_columns=list(dataset.features))
+    return dataset.with_transform(transform.batch)
+
+
 def collate(examples: list[dict]) -> dict:
     batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
     if "labels" in examples[0]:

@@ -1,0 +1,93 @@
+"""Render the model card (`model_card.md` at the top of the repo, shipped as `hf_resnet/templates/`) into
+`output_dir/README.md` with `huggingface_hub.ModelCard`; its `model-index` metadata makes the Hub show the metrics.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+HYPERPARAMETERS = (
+    "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "seed",
+    "bf16", "fp16",
+)
+# metric key (without the eval_ prefix) -> (model-index metric type, display name)
+CARD_METRICS = {
+    "accuracy": ("accuracy", "Top-1 accuracy"),
+    "top5_accuracy": ("accuracy", "Top-5 accuracy"),
+    "f1_macro": ("f1", "Macro F1"),
+    "precision_macro": ("precision", "Macro precision"),
+    "recall_macro": ("recall", "Macro recall"),
+}
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("hf-resnet", "transformers", "torch", "datasets", "accelerate"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def render_model_card(
+    *,
+    model_name: str,
+    repo_id: str,
+    base_model: str | None,
+    dataset_name: str,
+    dataset_id: str | None,
+    labels: list[str],
+    eval_metrics: dict[str, float],
+    eval_split: str,
+    eval_examples: int | str,
+    train_examples: int | str,
+    tuning: str,
+    training_args,
+) -> ModelCard:
+    """Build the card; `eval_metrics` keys may carry the Trainer's `eval_` prefix."""
+    metrics = {k.removeprefix("eval_"): float(v) for k, v in eval_metrics.items()}
+    metrics = {k: v for k, v in metrics.items() if k in CARD_METRICS}
+    eval_results = [
+        EvalResult(
+            task_type="image-classification", task_name="Image Classification",
+            dataset_type=dataset_id or dataset_name, dataset_name=dataset_name, dataset_split=eval_split,
+            metric_type=CARD_METRICS[k][0], metric_name=CARD_METRICS[k][1], metric_value=round(v, 4),
+        )
+        for k, v in metrics.items()
+    ]
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model,
+        datasets=[dataset_id] if dataset_id else None,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=None,
+        tags=["image-classification", "resnet", "hf-resnet", "generated_from_trainer"],
+        metrics=sorted({CARD_METRICS[k][0] for k in metrics}),
+        eval_results=eval_results or None,
+    )
+    hyperparameters = {name: getattr(training_args, name) for name in HYPERPARAMETERS if hasattr(training_args, name)}
+    hyperparameters = {k: (v.value if hasattr(v, "value") else v) for k, v in hyperparameters.items()}
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=model_name,
+        repo_id=repo_id,
+        base_model=base_model,
+        dataset_name=dataset_name,
+        num_labels=len(labels),
+        labels=labels,
+        eval_metrics={CARD_METRICS[k][1]: v for k, v in metrics.items()},
+        eval_split=eval_split,
+        eval_examples=eval_examples,
+        train_examples=train_examples,
+        tuning=tuning,
+        hyperparameters=hyperparameters,
+        versions=_versions(),
+    )

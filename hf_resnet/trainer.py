@@ -1,0 +1,109 @@
+"""The Trainer for image classification: parameter groups, memory-safe metrics, streamed data, our model card.
+
+`ImageClassificationTrainer` differs from `transformers.Trainer` in four places only:
+- `create_optimizer`: groups from `modeling.param_groups` (no decay on norms/biases, optional head learning rate);
+- `_get_dataloader`: a streamed train split is already split per process, so its batches are not dispatched;
+  a streamed eval split is read by the main process and dispatched, so every example is scored exactly once;
+- `create_model_card`: renders `model_card.md` (called by `push_to_hub` and by `recipes/finetune.py`);
+- metrics come from `metrics.reduce_logits` + `metrics.ComputeMetrics` (top-5 ids per example, never all logits).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from .metrics import ComputeMetrics, reduce_logits
+from .model_card import render_model_card
+from .modeling import param_groups
+from .transforms import collate
+
+
+@dataclass
+class CardInfo:
+    """What the model card says that the Trainer does not know."""
+
+    base_model: str | None
+    dataset_name: str
+    dataset_id: str | None
+    labels: list[str]
+    tuning: str
+    train_examples: int | str = "unknown"
+    eval_examples: int | str = "unknown"
+    eval_split: str = "validation"
+    eval_metrics: dict = field(default_factory=dict)
+
+
+class ImageClassificationTrainer(Trainer):
+    def __init__(self, *args, card_info: CardInfo, head_learning_rate: float | None = None, **kwargs):
+        kwargs.setdefault("data_collator", collate)
+        kwargs.setdefault("compute_metrics", ComputeMetrics(len(card_info.labels)))
+        kwargs.setdefault("preprocess_logits_for_metrics", reduce_logits)
+        super().__init__(*args, **kwargs)
+        self.card_info = card_info
+        self.head_learning_rate = head_learning_rate
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            groups = param_groups(opt_model, self.args.learning_rate, self.args.weight_decay, self.head_learning_rate)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    @contextmanager
+    def _dispatch(self, value: bool):
+        config = self.accelerator.dataloader_config
+        previous = config.dispatch_batches
+        config.dispatch_batches = value
+        try:
+            yield
+        finally:
+            config.dispatch_batches = previous
+
+    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):
+        if isinstance(dataset, torch.utils.data.IterableDataset) and self.args.world_size > 1:
+            with self._dispatch(not is_training):
+                return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+
+    def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
+        if not self.is_world_process_zero():
+            return
+        info = self.card_info
+        output_dir = Path(self.args.output_dir)
+        repo_id = self.args.hub_model_id or getattr(self, "hub_model_id", None) or output_dir.name
+        card = render_model_card(
+            model_name=model_name or repo_id.split("/")[-1],
+            repo_id=repo_id,
+            base_model=info.base_model,
+            dataset_name=info.dataset_name,
+            dataset_id=info.dataset_id,
+            labels=info.labels,
+            eval_metrics=info.eval_metrics,
+            eval_split=info.eval_split,
+            eval_examples=info.eval_examples,
+            train_examples=info.train_examples,
+            tuning=info.tuning,
+            training_args=self.args,
+        )
+        card.save(output_dir / "README.md")
+
+
+def streaming_max_steps(num_examples: int | None, args, world_size: int) -> int:
+    """Optimizer steps for `num_train_epochs` over a stream of known size; explain what to pass when unknown."""
+    if args.max_steps > 0:
+        return args.max_steps
+    if num_examples is None:
+        raise ValueError(
+            "The streamed training split does not say how many examples it holds, so `num_train_epochs` cannot be "
+            "turned into steps. Pass `max_steps` (optimizer steps), e.g. --max_steps 10000."
+        )
+    per_process = num_examples // world_size
+    batches = math.ceil(per_process / args.per_device_train_batch_size)
+    return max(1, math.ceil(batches / args.gradient_accumulation_steps) * math.ceil(args.num_train_epochs))

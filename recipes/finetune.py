@@ -1,0 +1,160 @@
+"""Fine-tune a ResNet (microsoft/resnet-50 by default) on any image dataset, then save, card and push it.
+
+    python recipes/finetune.py --config recipes/smoke/digits_smoke.yaml            # offline, ~2 min on 2 CPU cores
+    python recipes/finetune.py --config recipes/resnet50/digits_full.yaml          # microsoft/resnet-50 on digits
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/finetune.py \
+        --config recipes/resnet50/imagefolder_full.yaml --train_dir data/train --validation_dir data/val
+
+YAML sets the defaults, `--field value` overrides them; every `TrainingArguments` field is accepted.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+from pathlib import Path
+
+import datasets
+import transformers
+from datasets import Dataset, IterableDataset
+from datasets import Image as ImageFeature
+from transformers.trainer_utils import get_last_checkpoint, set_seed
+
+from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+from hf_resnet.data import DataError, load_image_data
+from hf_resnet.modeling import apply_tuning, build_model, load_config, load_image_processor
+from hf_resnet.parser import make_parser, parse_args  # noqa: F401  (make_parser: the parser factory tests use)
+from hf_resnet.trainer import CardInfo, ImageClassificationTrainer, streaming_max_steps
+from hf_resnet.transforms import ExampleTransform, PreprocessConfig, attach, build_eval_transform, build_train_transform
+
+logger = logging.getLogger("hf_resnet.finetune")
+
+
+def _setup_logging(training_args: FinetuneTrainingArguments) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+    level = training_args.get_process_log_level()
+    for lib_logger in (logger, logging.getLogger("hf_resnet")):
+        lib_logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def _last_checkpoint(training_args: FinetuneTrainingArguments) -> str | None:
+    """Resume from the newest checkpoint in output_dir unless told otherwise: a rerun continues a killed run."""
+    if training_args.resume_from_checkpoint is not None:
+        return training_args.resume_from_checkpoint
+    if training_args.do_train and os.path.isdir(training_args.output_dir):
+        return get_last_checkpoint(training_args.output_dir)
+    return None
+
+
+def _write_predictions(path: Path, output, dataset, image_column: str, labels: list[str]) -> None:
+    """One row per test image: file (when known), top-1 label and its probability, then the top-5."""
+    ids, probs = output.predictions
+    files = [""] * len(ids)
+    if isinstance(dataset, Dataset):
+        files = [item["path"] or "" for item in dataset.cast_column(image_column, ImageFeature(decode=False))[image_column]]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "file", "label", "score", "top5_labels", "top5_scores"])
+        for i, (row_ids, row_probs) in enumerate(zip(ids, probs)):
+            writer.writerow([
+                i, files[i], labels[row_ids[0]], f"{row_probs[0]:.6f}",
+                "|".join(labels[j] for j in row_ids), "|".join(f"{p:.6f}" for p in row_probs),
+            ])
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, training_args: FinetuneTrainingArguments) -> dict:
+    _setup_logging(training_args)
+    set_seed(training_args.seed)
+    last_checkpoint = _last_checkpoint(training_args)
+
+    # Model first (config + processor only): an unreachable Hub fails here, before any data is read.
+    load_config(model_args)
+    processor = load_image_processor(model_args)
+
+    data = load_image_data(
+        data_args, seed=training_args.seed, token=model_args.token, cache_dir=model_args.cache_dir,
+        rank=training_args.process_index, world_size=training_args.world_size,
+    )
+    for note in data.notes:
+        logger.info(note)
+    if training_args.do_train and data.train is None:
+        raise DataError("`do_train` is set but there is no train split; set `train_dir` or `do_train: false`.")
+    if isinstance(data.train, Dataset):
+        global_batch = training_args.per_device_train_batch_size * training_args.world_size
+        if len(data.train) < global_batch:
+            raise DataError(
+                f"The training set has {len(data.train)} images, fewer than one batch ({global_batch} = "
+                f"per_device_train_batch_size x {training_args.world_size} processes); lower `per_device_train_batch_size`."
+            )
+    if training_args.do_train and isinstance(data.train, IterableDataset):
+        training_args.max_steps = streaming_max_steps(data.num_train_examples, training_args, training_args.world_size)
+        logger.info("Streaming: training for %d optimizer steps", training_args.max_steps)
+
+    model, label_map = build_model(model_args, data.labels)
+    logger.info("Parameters: %s", apply_tuning(model, model_args.tuning))
+
+    pre = PreprocessConfig.from_processor(processor)
+    train_tf = build_train_transform(pre, data_args.random_resized_crop_scale, data_args.horizontal_flip)
+    eval_tf = build_eval_transform(pre)
+    train_set = attach(data.train, ExampleTransform(train_tf, data.image_column, data.label_column, label_map)) if data.train is not None else None
+    eval_set = attach(data.validation, ExampleTransform(eval_tf, data.image_column, data.label_column, label_map)) if data.validation is not None else None
+
+    card = CardInfo(
+        base_model=model_args.model_name_or_path,
+        dataset_name=data_args.dataset_name or Path(data.source).parent.name or data.source,
+        dataset_id=data_args.dataset_name if data_args.dataset_name and "/" in data_args.dataset_name else None,
+        labels=list(model.config.id2label[i] for i in range(model.config.num_labels)),
+        tuning=model_args.tuning,
+        train_examples=data.num_train_examples if data.num_train_examples is not None else "unknown",
+        eval_examples=len(data.validation) if isinstance(data.validation, Dataset) else "unknown",
+    )
+    trainer = ImageClassificationTrainer(
+        model=model, args=training_args, train_dataset=train_set if training_args.do_train else None,
+        eval_dataset=eval_set if training_args.do_eval else None, processing_class=processor,
+        card_info=card, head_learning_rate=model_args.head_learning_rate,
+    )
+
+    metrics: dict = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=last_checkpoint)
+        trainer.save_model()  # model + processor: what pipeline() loads
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        metrics.update(result.metrics)
+
+    if training_args.do_eval and eval_set is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        card.eval_metrics = eval_metrics
+        metrics.update(eval_metrics)
+
+    if data.test is not None:
+        test_labels = data.label_column if data.test_has_labels else None
+        test_set = attach(data.test, ExampleTransform(eval_tf, data.image_column, test_labels, label_map))
+        if data.test_has_labels:
+            test_metrics = trainer.evaluate(test_set, metric_key_prefix="test")
+            trainer.log_metrics("test", test_metrics)
+            trainer.save_metrics("test", test_metrics)
+            metrics.update(test_metrics)
+        else:  # unlabeled: predict, write a file, score nothing
+            output = trainer.predict(test_set, metric_key_prefix="test")
+            if trainer.is_world_process_zero():
+                path = Path(training_args.output_dir) / "predictions.csv"
+                _write_predictions(path, output, data.test, data.image_column, card.labels)
+                logger.info("Wrote %d predictions to %s", len(output.predictions[0]), path)
+
+    if trainer.is_world_process_zero() and (training_args.do_train or training_args.do_eval):
+        trainer.create_model_card()
+    if training_args.push_to_hub and training_args.do_train:
+        trainer.push_to_hub(commit_message="hf-resnet: fine-tuned model, processor, metrics and card")
+    return metrics
+
+
+if __name__ == "__main__":
+    main(*parse_args())
