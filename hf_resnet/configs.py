@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import os
+
 import torch
 from transformers import TrainingArguments
 
@@ -52,6 +54,8 @@ class ModelArguments:
     )
 
     def __post_init__(self):
+        if isinstance(self.model_name_or_path, str) and self.model_name_or_path.lower() in ("", "none", "null"):
+            self.model_name_or_path = None  # `--model_name_or_path null` on the command line, as in YAML
         if self.model_name_or_path is None and self.config_name is None:
             raise ValueError("Set `model_name_or_path` (a checkpoint) or `config_name` (a config to build from).")
         if self.tuning not in ("full", "linear_probe"):
@@ -134,5 +138,15 @@ class FinetuneTrainingArguments(TrainingArguments):
     dataloader_pin_memory: bool = field(
         default_factory=torch.cuda.is_available, metadata={"help": "Pin host memory for faster GPU copies (GPU only)."}
     )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every trainable ResNet weight is used each step, so DDP need not search."}
+    )
     do_train: bool = field(default=True, metadata={"help": "Fine-tune on the train split."})
     do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})
+
+    def __post_init__(self):
+        # `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs starts N gloo processes, but
+        # the Trainer only treats them as one job (DDP, data split per process) when told it runs on the CPU.
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            self.use_cpu = True
+        super().__post_init__()

@@ -14,7 +14,6 @@ from pathlib import Path
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, load_dataset
 from datasets import Image as ImageFeature
-from datasets.distributed import split_dataset_by_node
 
 from .bundled import digits_image_folder, is_bundled
 from .configs import DataArguments
@@ -185,10 +184,13 @@ def _test_has_labels(test, label_column: str) -> bool:
 
 
 def load_image_data(
-    args: DataArguments, seed: int = 42, token: str | None = None, cache_dir: str | None = None,
-    rank: int = 0, world_size: int = 1,
+    args: DataArguments, seed: int = 42, token: str | None = None, cache_dir: str | None = None
 ) -> ImageData:
-    """Load, check and split the data named by `args`; streamed splits are shuffled and split per process."""
+    """Load, check and split the data named by `args`; a streamed train split is shuffled through a buffer.
+
+    Splitting a stream per process is left to accelerate when the Trainer builds its DataLoader (by shard when
+    there are enough shards, else by batch), and per DataLoader worker to `datasets` (by shard).
+    """
     raw, test, sizes = _load_raw(args, token, cache_dir)
     train = raw.get("train")
     validation = next((raw[s] for s in VALIDATION_SPLITS if s in raw), None)
@@ -217,8 +219,7 @@ def load_image_data(
         num_train = min(num_train, args.max_train_samples)
     if isinstance(train, IterableDataset):
         train = train.shuffle(seed=seed, buffer_size=args.shuffle_buffer_size)
-        if world_size > 1:
-            train = split_dataset_by_node(train, rank=rank, world_size=world_size)
+
     return ImageData(
         train=train, validation=validation, test=test, image_column=image_column, label_column=label_column,
         labels=labels, test_has_labels=_test_has_labels(test, label_column), num_train_examples=num_train,

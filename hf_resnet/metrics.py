@@ -41,6 +41,7 @@ def classification_metrics(topk_ids: np.ndarray, labels: np.ndarray, num_classes
     # never predicted counts with precision 0.
     precision, recall, f1, _ = precision_recall_fscore_support(labels, predictions, average="macro", zero_division=0)
     metrics = {
+        "samples": int(len(labels)),  # examples actually scored: duplicates from padding would show here
         "accuracy": float(accuracy_score(labels, predictions)),
         "precision_macro": float(precision),
         "recall_macro": float(recall),

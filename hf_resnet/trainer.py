@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from .metrics import ComputeMetrics, reduce_logits
 from .model_card import render_model_card
@@ -95,15 +96,28 @@ class ImageClassificationTrainer(Trainer):
         card.save(output_dir / "README.md")
 
 
-def streaming_max_steps(num_examples: int | None, args, world_size: int) -> int:
-    """Optimizer steps for `num_train_epochs` over a stream of known size; explain what to pass when unknown."""
-    if args.max_steps > 0:
-        return args.max_steps
+def streaming_steps_per_epoch(num_examples: int | None, args) -> int | None:
+    """Optimizer steps in one pass over a stream of known size (None when unknown and `max_steps` is set)."""
     if num_examples is None:
+        if args.max_steps > 0:
+            return None
         raise ValueError(
             "The streamed training split does not say how many examples it holds, so `num_train_epochs` cannot be "
             "turned into steps. Pass `max_steps` (optimizer steps), e.g. --max_steps 10000."
         )
-    per_process = num_examples // world_size
-    batches = math.ceil(per_process / args.per_device_train_batch_size)
-    return max(1, math.ceil(batches / args.gradient_accumulation_steps) * math.ceil(args.num_train_epochs))
+    batches = math.ceil(num_examples / (args.per_device_train_batch_size * args.world_size))
+    return max(1, math.ceil(batches / args.gradient_accumulation_steps))
+
+
+def use_steps_for_epochs(args, steps_per_epoch: int | None) -> None:
+    """A stream has no length for the Trainer: set `max_steps`, and turn epoch-wise eval/save/logging into
+    every `steps_per_epoch` steps, which also keeps processes in step when their shards differ in size."""
+    if steps_per_epoch is None:
+        return
+    if args.max_steps <= 0:
+        args.max_steps = steps_per_epoch * math.ceil(args.num_train_epochs)
+    for kind in ("eval", "save", "logging"):
+        strategy = getattr(args, f"{kind}_strategy")
+        if getattr(strategy, "value", strategy) == "epoch":
+            setattr(args, f"{kind}_strategy", IntervalStrategy.STEPS if kind != "save" else SaveStrategy.STEPS)
+            setattr(args, f"{kind}_steps", steps_per_epoch)

@@ -26,7 +26,7 @@ from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArg
 from hf_resnet.data import DataError, load_image_data
 from hf_resnet.modeling import apply_tuning, build_model, load_config, load_image_processor
 from hf_resnet.parser import make_parser, parse_args  # noqa: F401  (make_parser: the parser factory tests use)
-from hf_resnet.trainer import CardInfo, ImageClassificationTrainer, streaming_max_steps
+from hf_resnet.trainer import CardInfo, ImageClassificationTrainer, streaming_steps_per_epoch, use_steps_for_epochs
 from hf_resnet.transforms import ExampleTransform, PreprocessConfig, attach, build_eval_transform, build_train_transform
 
 logger = logging.getLogger("hf_resnet.finetune")
@@ -35,8 +35,8 @@ logger = logging.getLogger("hf_resnet.finetune")
 def _setup_logging(training_args: FinetuneTrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
     level = training_args.get_process_log_level()
-    for lib_logger in (logger, logging.getLogger("hf_resnet")):
-        lib_logger.setLevel(level)
+    for lib_logger in (logger, logging.getLogger("hf_resnet")):  # our own steps: INFO on the main process
+        lib_logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
 
@@ -75,10 +75,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
     load_config(model_args)
     processor = load_image_processor(model_args)
 
-    data = load_image_data(
-        data_args, seed=training_args.seed, token=model_args.token, cache_dir=model_args.cache_dir,
-        rank=training_args.process_index, world_size=training_args.world_size,
-    )
+    data = load_image_data(data_args, seed=training_args.seed, token=model_args.token, cache_dir=model_args.cache_dir)
     for note in data.notes:
         logger.info(note)
     if training_args.do_train and data.train is None:
@@ -91,7 +88,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
                 f"per_device_train_batch_size x {training_args.world_size} processes); lower `per_device_train_batch_size`."
             )
     if training_args.do_train and isinstance(data.train, IterableDataset):
-        training_args.max_steps = streaming_max_steps(data.num_train_examples, training_args, training_args.world_size)
+        steps_per_epoch = streaming_steps_per_epoch(data.num_train_examples, training_args)
+        use_steps_for_epochs(training_args, steps_per_epoch)
         logger.info("Streaming: training for %d optimizer steps", training_args.max_steps)
 
     model, label_map = build_model(model_args, data.labels)
