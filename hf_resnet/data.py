@@ -99,10 +99,17 @@ def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
     test = None
     if args.test_dir:
         _check_folder(args.test_dir, "test_dir")
-        test = load_dataset("imagefolder", data_files={"test": _folder_files(args.test_dir)}, streaming=args.streaming)
+        test = load_dataset(
+            "imagefolder", data_files={"test": _folder_files(args.test_dir)}, streaming=args.streaming, cache_dir=cache_dir
+        )
         test = test["test"]
         sizes["test"] = _count_images(args.test_dir)
-    raw = load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir) if files else {}
+    # drop_labels=False: one class sub-folder is one class (then rejected below as too few), not "no labels"
+    raw = (
+        load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir, drop_labels=False)
+        if files
+        else {}
+    )
     return dict(raw), test, sizes
 
 

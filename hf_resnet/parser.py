@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 
 def make_parser() -> HfArgumentParser:
     """The parser behind `recipes/finetune.py` and the tests: model, data and Trainer arguments."""
-    return HfArgumentParser((ModelArguments, DataArguments, FinetuneTrainingArguments))
+    # allow_abbrev=False: `--learning_rat` must be an error, as the same typo is in YAML, not silently a prefix match
+    return HfArgumentParser((ModelArguments, DataArguments, FinetuneTrainingArguments), allow_abbrev=False)
 
 
 def _known_fields(parser: HfArgumentParser) -> set[str]:

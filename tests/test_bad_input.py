@@ -1,0 +1,214 @@
+"""Bad input stops before training, with a message that names the field and the fix (offline, fast)."""
+
+import finetune
+import pytest
+from conftest import make_image_folder, recipe_args
+from datasets import ClassLabel, Features, Image, Value
+
+from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
+from hf_resnet.data import DataError, _resolve_columns, load_image_data
+from hf_resnet.modeling import ModelLoadError, load_config
+from hf_resnet.parser import ConfigError, parse_args
+from hf_resnet.trainer import streaming_steps_per_epoch
+
+TWO_CLASSES = {"red": (200, 30, 30), "blue": (30, 40, 200)}
+
+
+def data_args(**overrides) -> DataArguments:
+    return DataArguments(**{"train_dir": "unused", **overrides})
+
+
+def features(image="image", label="label", label_feature=None) -> Features:
+    return Features({image: Image(), label: label_feature or ClassLabel(names=["cat", "dog"])})
+
+
+# 1. Missing columns ---------------------------------------------------------------------------------------------
+
+
+def test_resolve_columns_finds_default_columns():
+    assert _resolve_columns(features(), data_args()) == ("image", "label", ["cat", "dog"])
+    assert _resolve_columns(features("img", "labels"), data_args()) == ("img", "labels", ["cat", "dog"])
+
+
+def test_named_image_column_missing():
+    with pytest.raises(DataError, match=r"'photo' is not in the dataset.*`image_column_name`"):
+        _resolve_columns(features(), data_args(image_column_name="photo"))
+
+
+def test_named_label_column_missing():
+    with pytest.raises(DataError, match=r"'nope' is not in the dataset.*`label_column_name`"):
+        _resolve_columns(features(), data_args(label_column_name="nope"))
+
+
+def test_no_image_column_to_detect():
+    with pytest.raises(DataError, match=r"No image column found.*\['image', 'img'\].*`image_column_name`"):
+        _resolve_columns(features(image="picture"), data_args())
+
+
+def test_no_label_column_to_detect():
+    with pytest.raises(DataError, match=r"No label column found.*\['label', 'labels'\].*`label_column_name`"):
+        _resolve_columns(features(label="category"), data_args())
+
+
+def test_image_column_that_is_not_images():
+    feats = Features({"image": Value("string"), "label": ClassLabel(names=["cat", "dog"])})
+    with pytest.raises(DataError, match=r"not images; set `image_column_name`"):
+        _resolve_columns(feats, data_args())
+
+
+def test_missing_label_column_in_image_folder(tmp_path):
+    train = make_image_folder(tmp_path / "train", per_class=2, seed=0, classes=TWO_CLASSES)
+    with pytest.raises(DataError, match=r"'nope' is not in the dataset.*'label'.*`label_column_name`"):
+        load_image_data(DataArguments(train_dir=str(train), label_column_name="nope"))
+
+
+# 2. Labels that are not a ClassLabel ------------------------------------------------------------------------------
+
+
+def test_string_labels_are_rejected_with_class_encode_hint():
+    feats = features(label_feature=Value("string"))
+    with pytest.raises(DataError, match=r"not a ClassLabel.*`label_column_name`.*class_encode_column\('label'\)"):
+        _resolve_columns(feats, data_args())
+
+
+# 3. Empty folders -------------------------------------------------------------------------------------------------
+
+
+def test_empty_train_dir(tmp_path):
+    with pytest.raises(DataError, match=r"`train_dir` .* holds no images"):
+        load_image_data(DataArguments(train_dir=str(tmp_path)))
+
+
+def test_train_dir_with_only_text(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"`train_dir` .* holds no images.*one sub-folder per class"):
+        load_image_data(DataArguments(train_dir=str(tmp_path)))
+
+
+def test_train_dir_that_does_not_exist(tmp_path):
+    with pytest.raises(DataError, match=r"`train_dir` .* is not a folder"):
+        load_image_data(DataArguments(train_dir=str(tmp_path / "missing")))
+
+
+# 4. One class -----------------------------------------------------------------------------------------------------
+
+
+def test_one_class_is_rejected():
+    feats = features(label_feature=ClassLabel(names=["only"]))
+    with pytest.raises(DataError, match=r"has 1 class.*at least 2"):
+        _resolve_columns(feats, data_args())
+
+
+# 5. Streaming without a known size --------------------------------------------------------------------------------
+
+
+def training_args(tmp_path, **overrides) -> FinetuneTrainingArguments:
+    return FinetuneTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **overrides)
+
+
+def test_streaming_unknown_size_needs_max_steps(tmp_path):
+    with pytest.raises(ValueError, match=r"Pass `max_steps`"):
+        streaming_steps_per_epoch(None, training_args(tmp_path))
+
+
+def test_streaming_unknown_size_with_max_steps(tmp_path):
+    assert streaming_steps_per_epoch(None, training_args(tmp_path, max_steps=10)) is None
+
+
+@pytest.mark.parametrize(
+    "num_examples, batch, accumulation, expected",
+    [(72, 8, 1, 9), (72, 8, 2, 5), (73, 8, 1, 10), (3, 8, 4, 1)],
+)
+def test_streaming_steps_per_epoch_known_size(tmp_path, num_examples, batch, accumulation, expected):
+    args = training_args(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
+    assert args.world_size == 1
+    assert streaming_steps_per_epoch(num_examples, args) == expected
+
+
+# 6. Recipes: unknown keys, CLI overrides, unknown flags -----------------------------------------------------------
+
+
+def write_recipe(tmp_path, body: str):
+    path = tmp_path / "recipe.yaml"
+    base = f"model_name_or_path: null\nconfig_name: bundled:resnet-smoke\ntrain_dir: {tmp_path}\n"
+    path.write_text(base + f"output_dir: {tmp_path / 'out'}\nreport_to: none\n" + body)
+    return str(path)
+
+
+def test_unknown_yaml_key_names_key_and_close_field(tmp_path):
+    path = write_recipe(tmp_path, "learning_rat: 0.1\n")
+    with pytest.raises(ConfigError, match=r"Unknown key 'learning_rat'.*Did you mean 'learning_rate'\?"):
+        parse_args(["--config", path])
+
+
+def test_yaml_sets_defaults_and_cli_overrides(tmp_path):
+    path = write_recipe(tmp_path, "learning_rate: 0.1\nhorizontal_flip: 0.0\n")
+    model_args, data_args_, train_args = parse_args(["--config", path])
+    assert train_args.learning_rate == 0.1 and data_args_.horizontal_flip == 0.0
+    assert model_args.model_name_or_path is None and data_args_.train_dir == str(tmp_path)
+    _, data_args_, train_args = parse_args([f"--config={path}", "--learning_rate", "0.5"])
+    assert train_args.learning_rate == 0.5 and data_args_.horizontal_flip == 0.0
+
+
+def test_unknown_cli_flag(tmp_path):
+    path = write_recipe(tmp_path, "")
+    with pytest.raises(ConfigError, match=r"Unknown command-line arguments \['--learning_rte', '0.5'\]"):
+        parse_args(["--config", path, "--learning_rte", "0.5"])
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not exist; pass --config"):
+        parse_args(["--config", str(tmp_path / "nope.yaml")])
+
+
+# 7. Unreachable hub id --------------------------------------------------------------------------------------------
+
+
+def test_unreachable_hub_id_names_both_ways_on():
+    with pytest.raises(ModelLoadError) as info:
+        load_config(ModelArguments(model_name_or_path="someone/does-not-exist-xyz"))
+    message = str(info.value)
+    assert "'someone/does-not-exist-xyz'" in message
+    assert "`model_name_or_path` at a local checkpoint folder" in message
+    assert "recipes/finetune.py --config recipes/smoke/digits_smoke.yaml" in message
+
+
+# 8. End to end through the recipe: stops before training ----------------------------------------------------------
+
+
+def test_recipe_batch_larger_than_train_set_stops_before_training(tmp_path, colour_folders):
+    out = tmp_path / "out"
+    args = parse_args(recipe_args(out, colour_folders, per_device_train_batch_size="1000"))
+    with pytest.raises(DataError, match=r"72 images, fewer than one batch \(1000.*lower `per_device_train_batch_size`"):
+        finetune.main(*args)
+    assert not list(out.rglob("model.safetensors")) and not list(out.glob("checkpoint-*"))
+
+
+# 9. Argument dataclasses reject nonsense --------------------------------------------------------------------------
+
+
+def test_bogus_tuning():
+    with pytest.raises(ValueError, match=r"`tuning` must be 'full' or 'linear_probe', got 'bogus'"):
+        ModelArguments(tuning="bogus")
+
+
+def test_no_data_source():
+    with pytest.raises(ValueError, match=r"No data: set `dataset_name`.*`train_dir`/`validation_dir`"):
+        DataArguments()
+
+
+def test_no_model_and_no_config():
+    with pytest.raises(ValueError, match=r"Set `model_name_or_path`.*`config_name`"):
+        ModelArguments(model_name_or_path="null")
+
+
+def test_image_folder_with_one_class_is_rejected(tmp_path):
+    train = make_image_folder(tmp_path / "train", 2, 0, classes={"red": (200, 30, 30)})
+    with pytest.raises(DataError, match="at least 2"):
+        load_image_data(DataArguments(train_dir=str(train)))
+
+
+def test_abbreviated_cli_flag_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="learning_rat"):
+        parse_args(["--train_dir", str(tmp_path), "--output_dir", str(tmp_path), "--learning_rat", "0.5"])

@@ -1,0 +1,63 @@
+"""Eval preprocessing equals the checkpoint's image processor, tensor for tensor, on real photos."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import HYMENOPTERA
+from PIL import Image
+from transformers import AutoImageProcessor, BitImageProcessor, ViTImageProcessor
+
+from hf_resnet.bundled import resolve_asset
+from hf_resnet.transforms import PreprocessConfig, build_eval_transform, build_train_transform, collate, to_rgb
+
+PHOTOS = sorted(HYMENOPTERA.glob("val/*/*.jpg"))[::4]  # ants and bees of many sizes and aspect ratios
+
+
+def resnet50_processor():
+    # microsoft/resnet-50's preprocessor_config.json, shipped in the package: shortest_edge 224, crop_pct 0.875
+    return AutoImageProcessor.from_pretrained(resolve_asset("bundled:resnet-50-processor"))
+
+
+@pytest.mark.parametrize("make_processor", [resnet50_processor, ViTImageProcessor, BitImageProcessor])
+def test_eval_transform_equals_processor_on_photos(make_processor):
+    assert len(PHOTOS) >= 30, f"expected the hymenoptera photos under {HYMENOPTERA}"
+    processor = make_processor()
+    transform = build_eval_transform(PreprocessConfig.from_processor(processor))
+    sizes = set()
+    for path in PHOTOS:
+        image = Image.open(path)
+        sizes.add(image.size)
+        ours = transform(image)
+        theirs = processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        assert ours.shape == theirs.shape, path
+        assert torch.equal(ours, theirs), (path, (ours - theirs).abs().max())
+    assert len(sizes) > 5  # the parity holds across sizes, not one lucky shape
+
+
+def test_resnet50_config_reads_crop_pct():
+    cfg = PreprocessConfig.from_processor(resnet50_processor())
+    assert cfg.crop_size == (224, 224)
+    assert cfg.resize_shortest_edge == 256  # int(224 / 0.875), not 224 as the HF example uses
+    assert cfg.std == pytest.approx((0.229, 0.224, 0.225))  # the seed report's std (0.229 x3) was wrong
+
+
+def test_train_transform_shape_and_randomness():
+    cfg = PreprocessConfig.from_processor(resnet50_processor())
+    transform = build_train_transform(cfg, scale=(0.08, 1.0), flip=0.5)
+    image = Image.open(PHOTOS[0])
+    torch.manual_seed(0)
+    a, b = transform(image), transform(image)
+    assert a.shape == b.shape == (3, 224, 224) and a.dtype == torch.float32
+    assert not torch.equal(a, b)  # random crops differ
+    batch = collate([{"pixel_values": a, "labels": 1}, {"pixel_values": b, "labels": 0}])
+    assert batch["pixel_values"].shape == (2, 3, 224, 224) and batch["labels"].tolist() == [1, 0]
+
+
+def test_to_rgb_composites_transparency_on_white():
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red under a fully transparent alpha must not show
+    rgba[:2, :, 3] = 255  # top half opaque red
+    out = np.asarray(to_rgb(Image.fromarray(rgba, mode="RGBA")))
+    assert out.shape == (4, 4, 3)
+    assert (out[:2] == [255, 0, 0]).all() and (out[2:] == [255, 255, 255]).all()
+    assert to_rgb(Image.new("L", (3, 3), 7)).mode == "RGB"
