@@ -1,0 +1,31 @@
+"""The recipe under 2 processes on the CPU (gloo DDP), launched exactly as a user would with accelerate."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, recipe_args
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streaming", ["false", "true"])
+def test_two_processes_share_the_work_and_score_each_example_once(tmp_path, colour_folders, streaming):
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"),
+        str(REPO / "recipes" / "finetune.py"),
+        *recipe_args(out, colour_folders, num_train_epochs="2", streaming=streaming),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    state = json.loads((out / "trainer_state.json").read_text())
+    # 72 images, 8 per process per step: 2 processes -> 5 steps per epoch (one process alone would need 9)
+    assert state["global_step"] == 10
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_samples"] == 24  # every validation image once: no padding duplicates from the 2nd process
+    assert (out / "model.safetensors").is_file()
