@@ -23,8 +23,9 @@ from datasets import Image as ImageFeature
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 
 from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
-from hf_resnet.data import DataError, load_image_data
+from hf_resnet.data import load_image_data
 from hf_resnet.modeling import apply_tuning, build_model, load_config, load_image_processor
+from hf_resnet.preflight import check_run
 from hf_resnet.parser import make_parser, parse_args  # noqa: F401  (make_parser: the parser factory tests use)
 from hf_resnet.trainer import CardInfo, ImageClassificationTrainer, streaming_steps_per_epoch, use_steps_for_epochs
 from hf_resnet.transforms import ExampleTransform, PreprocessConfig, attach, build_eval_transform, build_train_transform
@@ -72,21 +73,13 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
     last_checkpoint = _last_checkpoint(training_args)
 
     # Model first (config + processor only): an unreachable Hub fails here, before any data is read.
-    load_config(model_args)
+    checkpoint_config = load_config(model_args)
     processor = load_image_processor(model_args)
 
     data = load_image_data(data_args, seed=training_args.seed, token=model_args.token, cache_dir=model_args.cache_dir)
     for note in data.notes:
         logger.info(note)
-    if training_args.do_train and data.train is None:
-        raise DataError("`do_train` is set but there is no train split; set `train_dir` or `do_train: false`.")
-    if isinstance(data.train, Dataset):
-        global_batch = training_args.per_device_train_batch_size * training_args.world_size
-        if len(data.train) < global_batch:
-            raise DataError(
-                f"The training set has {len(data.train)} images, fewer than one batch ({global_batch} = "
-                f"per_device_train_batch_size x {training_args.world_size} processes); lower `per_device_train_batch_size`."
-            )
+    check_run(data, training_args, model_args, checkpoint_config)
     if training_args.do_train and isinstance(data.train, IterableDataset):
         steps_per_epoch = streaming_steps_per_epoch(data.num_train_examples, training_args)
         use_steps_for_epochs(training_args, steps_per_epoch)

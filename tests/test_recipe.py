@@ -73,3 +73,25 @@ def test_recipe_streaming(tmp_path, colour_folders):
     assert results["eval_samples"] == 24
     accuracy, _ = pipeline_accuracy(out, colour_folders["validation"])
     assert accuracy == pytest.approx(results["eval_accuracy"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_evaluate_only_keeps_the_pretrained_head(tmp_path, colour_folders):
+    from test_modeling import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "ckpt", ["red", "green", "blue"])  # the dataset's classes, another order
+    out, metrics = run_recipe(tmp_path, colour_folders, model_name_or_path=str(ckpt), config_name=None,
+                              do_train="false")
+    accuracy, count = pipeline_accuracy(ckpt, colour_folders["validation"])  # the checkpoint as it was saved
+    assert metrics["eval_samples"] == count == 24
+    assert metrics["eval_accuracy"] == pytest.approx(accuracy, abs=1e-9)
+
+
+def test_evaluate_only_refuses_a_replaced_head(tmp_path, colour_folders):
+    from test_modeling import save_checkpoint
+
+    from hf_resnet.data import DataError
+
+    ckpt = save_checkpoint(tmp_path / "ckpt", ["cat", "dog", "bird"])
+    with pytest.raises(DataError, match="head would be replaced"):
+        run_recipe(tmp_path, colour_folders, model_name_or_path=str(ckpt), config_name=None, do_train="false")
