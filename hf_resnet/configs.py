@@ -78,7 +78,7 @@ class DataArguments:
     validation_dir: str | None = field(default=None, metadata={"help": "Image folder to evaluate on."})
     test_dir: str | None = field(
         default=None,
-        metadata={"help": "Image folder to predict (flat, unlabeled) or score (one sub-folder per class) at the end."},
+        metadata={"help": "Image folder to predict (flat, unlabeled: writes predictions.csv) or score (one sub-folder per class) at the end. A Hub dataset's test split is used only with `do_predict`."},
     )
     image_column_name: str | None = field(
         default=None, metadata={"help": "Column holding the images; auto-detected from `image`/`img` when unset."}

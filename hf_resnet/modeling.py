@@ -78,6 +78,8 @@ def pretrained_label_map(config, labels: list[str]) -> list[int] | None:
     names = [config.id2label.get(i, config.id2label.get(str(i))) for i in range(config.num_labels)]
     if len(names) != len(labels) or any(n is None for n in names):
         return None
+    if [_normalise(n) for n in names] == [_normalise(label) for label in labels]:
+        return list(range(len(labels)))  # same order; ImageNet-1k names "crane" twice, so order is checked first
     index = {_normalise(n): i for i, n in enumerate(names)}
     if len(index) != len(names) or any(_normalise(label) not in index for label in labels):
         return None

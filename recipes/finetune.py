@@ -23,10 +23,10 @@ from datasets import Image as ImageFeature
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 
 from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
-from hf_resnet.data import load_image_data
-from hf_resnet.modeling import apply_tuning, build_model, load_config, load_image_processor
+from hf_resnet.data import DataError, load_image_data
+from hf_resnet.modeling import ModelLoadError, apply_tuning, build_model, load_config, load_image_processor
 from hf_resnet.preflight import check_run
-from hf_resnet.parser import make_parser, parse_args  # noqa: F401  (make_parser: the parser factory tests use)
+from hf_resnet.parser import ConfigError, make_parser, parse_args  # noqa: F401  (make_parser: the parser factory)
 from hf_resnet.trainer import CardInfo, ImageClassificationTrainer, streaming_steps_per_epoch, use_steps_for_epochs
 from hf_resnet.transforms import ExampleTransform, PreprocessConfig, attach, build_eval_transform, build_train_transform
 
@@ -125,7 +125,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
         card.eval_metrics = eval_metrics
         metrics.update(eval_metrics)
 
-    if data.test is not None:
+    if data.test is not None and (data_args.test_dir or training_args.do_predict):
         test_labels = data.label_column if data.test_has_labels else None
         test_set = attach(data.test, ExampleTransform(eval_tf, data.image_column, test_labels, label_map))
         if data.test_has_labels:
@@ -147,5 +147,14 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
     return metrics
 
 
+def cli() -> None:
+    """Run from the command line: misconfiguration ends with its message (exit 2), not a traceback."""
+    try:
+        main(*parse_args())
+    except (ConfigError, DataError, ModelLoadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main(*parse_args())
+    cli()

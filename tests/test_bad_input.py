@@ -2,7 +2,7 @@
 
 import finetune
 import pytest
-from conftest import make_image_folder, recipe_args
+from conftest import REPO, make_image_folder, recipe_args
 from datasets import ClassLabel, Features, Image, Value
 
 from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
@@ -212,3 +212,10 @@ def test_image_folder_with_one_class_is_rejected(tmp_path):
 def test_abbreviated_cli_flag_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="learning_rat"):
         parse_args(["--train_dir", str(tmp_path), "--output_dir", str(tmp_path), "--learning_rat", "0.5"])
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate"))
+def test_every_shipped_recipe_parses(recipe):
+    path = next((REPO / "recipes").glob(f"*/{recipe}"))
+    model_args, data_args, training_args = parse_args(["--config", str(path)])
+    assert training_args.output_dir.startswith("outputs/")

@@ -58,6 +58,9 @@ def test_pretrained_label_map_needs_the_same_names():
     config = ResNetConfig(num_labels=3, id2label={0: "Tench, Tinca tinca", 1: "goldfish", 2: "great_white_shark"})
     assert pretrained_label_map(config, ["goldfish", "great white shark", "tench, tinca tinca"]) == [1, 2, 0]
     assert pretrained_label_map(config, ["goldfish", "tench"]) is None
+    twice = ResNetConfig(num_labels=3, id2label={0: "crane", 1: "goldfish", 2: "crane"})  # as ImageNet-1k has
+    assert pretrained_label_map(twice, ["crane", "goldfish", "crane"]) == [0, 1, 2]
+    assert pretrained_label_map(twice, ["goldfish", "crane", "crane"]) is None  # ambiguous: which crane is which
     assert pretrained_label_map(config, ["goldfish", "shark", "tench, tinca tinca"]) is None
 
 
