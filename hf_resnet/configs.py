@@ -13,6 +13,8 @@ import os
 import torch
 from transformers import TrainingArguments
 
+from .images import DEFAULT_MAX_PIXELS
+
 BUNDLED_PREFIX = "bundled:"
 
 
@@ -99,6 +101,14 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation examples."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only this many test examples."})
+    max_skipped_share: float = field(
+        default=0.02,
+        metadata={"help": "Stop when more than this share of a split's images cannot be decoded (they are skipped and listed)."},
+    )
+    max_image_pixels: int = field(
+        default=DEFAULT_MAX_PIXELS,
+        metadata={"help": "Skip images with more pixels than this (Pillow's decompression-bomb limit by default)."},
+    )
     random_resized_crop_scale: list[float] = field(
         default_factory=lambda: [0.08, 1.0],
         metadata={"help": "Area range of RandomResizedCrop in training (torchvision's default is 0.08-1.0)."},
@@ -141,6 +151,10 @@ class FinetuneTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every trainable ResNet weight is used each step, so DDP need not search."}
     )
+    on_nonfinite_loss: str = field(
+        default="stop",
+        metadata={"help": "A NaN/inf training loss: `stop` the run (naming the step and images) or `skip` the batch."},
+    )
     do_train: bool = field(default=True, metadata={"help": "Fine-tune on the train split."})
     do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})
 
@@ -149,4 +163,6 @@ class FinetuneTrainingArguments(TrainingArguments):
         # the Trainer only treats them as one job (DDP, data split per process) when told it runs on the CPU.
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
+        if self.on_nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"`on_nonfinite_loss` must be 'stop' or 'skip', got {self.on_nonfinite_loss!r}.")
         super().__post_init__()

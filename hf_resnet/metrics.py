@@ -13,6 +13,7 @@ import torch
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 TOP_K = 5
+IGNORE_INDEX = -100  # labels of skipped examples (see examples.py)
 
 
 def topk_stable(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,6 +35,8 @@ def classification_metrics(topk_ids: np.ndarray, labels: np.ndarray, num_classes
     """accuracy (top-1), top5_accuracy (when there are more than 5 classes), macro precision/recall/F1."""
     topk_ids = np.asarray(topk_ids)
     labels = np.asarray(labels)
+    scored = labels != IGNORE_INDEX  # images that could not be decoded are listed in skipped_images.json instead
+    topk_ids, labels = topk_ids[scored], labels[scored]
     if topk_ids.ndim == 1:
         topk_ids = topk_ids[:, None]
     predictions = topk_ids[:, 0]

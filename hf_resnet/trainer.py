@@ -1,15 +1,18 @@
 """The Trainer for image classification: parameter groups, memory-safe metrics, streamed data, our model card.
 
-`ImageClassificationTrainer` differs from `transformers.Trainer` in four places only:
+`ImageClassificationTrainer` differs from `transformers.Trainer` in these places only:
 - `create_optimizer`: groups from `modeling.param_groups` (no decay on norms/biases, optional head learning rate);
 - `_get_dataloader`: a streamed train split is already split per process, so its batches are not dispatched;
   a streamed eval split is read by the main process and dispatched, so every example is scored exactly once;
 - `create_model_card`: renders `model_card.md` (called by `push_to_hub` and by `recipes/finetune.py`);
-- metrics come from `metrics.reduce_logits` + `metrics.ComputeMetrics` (top-5 ids per example, never all logits).
+- metrics come from `metrics.reduce_logits` + `metrics.ComputeMetrics` (top-5 ids per example, never all logits);
+- `compute_loss`: a batch whose images all failed to decode adds nothing; a NaN/inf loss stops the run with the
+  step and the batch's files (`on_nonfinite_loss: stop`) or adds nothing (`skip`), before any weight sees it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +25,9 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from .metrics import ComputeMetrics, reduce_logits
 from .model_card import render_model_card
 from .modeling import param_groups
-from .transforms import collate
+from .examples import IGNORE_INDEX, collate
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,14 +45,63 @@ class CardInfo:
     eval_metrics: dict = field(default_factory=dict)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and the batch's images."""
+
+
 class ImageClassificationTrainer(Trainer):
-    def __init__(self, *args, card_info: CardInfo, head_learning_rate: float | None = None, **kwargs):
+    def __init__(self, *args, card_info: CardInfo, head_learning_rate: float | None = None,
+                 describe_examples=None, **kwargs):
         kwargs.setdefault("data_collator", collate)
         kwargs.setdefault("compute_metrics", ComputeMetrics(len(card_info.labels)))
         kwargs.setdefault("preprocess_logits_for_metrics", reduce_logits)
         super().__init__(*args, **kwargs)
         self.card_info = card_info
         self.head_learning_rate = head_learning_rate
+        self.describe_examples = describe_examples  # example ids -> file names, for messages
+        self._example_ids = None
+        self.nonfinite_steps: list[int] = []
+
+    def _prepare_inputs(self, inputs):
+        inputs = dict(inputs)
+        self._example_ids = inputs.pop("example_ids", None)  # for messages only; the model never sees them
+        return super()._prepare_inputs(inputs)
+
+    @staticmethod
+    def _zero_loss(model) -> torch.Tensor:
+        """A loss of 0 that still touches every trainable weight (DDP expects gradients for all of them)."""
+        return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+
+    def _batch_files(self) -> list[str]:
+        ids = [] if self._example_ids is None else self._example_ids.tolist()
+        if self.describe_examples is None:
+            return [f"index {i}" for i in ids]
+        return self.describe_examples(ids)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        if model.training and labels is not None and bool((labels == IGNORE_INDEX).all()):
+            return self._zero_loss(model)  # every image in this batch was skipped
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if not model.training:
+            return result
+        loss = result[0] if return_outputs else result
+        bad = torch.tensor(0.0 if bool(torch.isfinite(loss).all()) else 1.0, device=loss.device)
+        if self.args.world_size > 1:  # every process takes the same decision, so none waits on another
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() == 0:
+            return result
+        step = self.state.global_step + 1
+        if self.args.on_nonfinite_loss == "skip":
+            self.nonfinite_steps.append(step)
+            logger.warning("Non-finite loss at step %d: batch skipped. Images: %s", step, ", ".join(self._batch_files()))
+            zero = self._zero_loss(model)
+            return (zero, result[1]) if return_outputs else zero
+        raise NonFiniteLossError(
+            f"The training loss is {loss.item()} at step {step} (global step {self.state.global_step} done). Batch "
+            f"images: {', '.join(self._batch_files()) or 'unknown'}. Lower `learning_rate`, check those images, or "
+            "set `on_nonfinite_loss: skip` to drop such batches. The last checkpoint in output_dir is intact."
+        )
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:

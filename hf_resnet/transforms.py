@@ -5,8 +5,8 @@ Eval reproduces the processor's resize + center crop exactly (tests compare tens
 accuracy measured here is the accuracy `pipeline("image-classification")` gives on the same images. Note the
 HF example script resizes ResNet-50's eval images to 224 and crops 224, ignoring crop_pct (256 -> 224).
 
-Train is RandomResizedCrop + horizontal flip at the processor's crop size. Transforms are attached lazily
-(`with_transform` / `IterableDataset.map`) so they run inside the DataLoader workers.
+Train is RandomResizedCrop + horizontal flip at the processor's crop size. `examples.py` applies them per
+example inside the DataLoader workers.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from .images import to_rgb
 
 # PIL resample codes (as stored in preprocessor_config.json) -> torchvision modes.
 _PIL_TO_TV = {
@@ -71,18 +73,6 @@ class PreprocessConfig:
             crop_hw = (int(crop["height"]), int(crop["width"])) if do_crop else hw
             return cls(crop_hw, None, hw, do_crop, interpolation, mean, std, rescale)
         raise ValueError(f"Unsupported image processor size {processor.size!r}; expected shortest_edge or height/width.")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """EXIF-upright RGB; transparent pixels are composited on white instead of keeping what lies under them."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def _resize_shortest_edge(image: torch.Tensor, edge: int, interpolation) -> torch.Tensor:
@@ -153,48 +143,3 @@ def build_train_transform(
 
 def build_eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
     return EvalTransform(cfg)
-
-
-class ExampleTransform:
-    """Dataset example(s) -> {"pixel_values", "labels"}; picklable so DataLoader workers can run it.
-
-    `label_map` re-indexes dataset labels onto a pretrained head whose classes are the same names in another
-    order. Examples without a label (or with -1) get no "labels" key when `with_labels` is False.
-    """
-
-    def __init__(self, transform, image_column: str, label_column: str | None, label_map: list[int] | None = None):
-        self.transform = transform
-        self.image_column = image_column
-        self.label_column = label_column
-        self.label_map = label_map
-
-    def _label(self, value: int) -> int:
-        return self.label_map[value] if self.label_map is not None and value >= 0 else value
-
-    def example(self, example: dict) -> dict:
-        out = {"pixel_values": self.transform(example[self.image_column])}
-        if self.label_column is not None:
-            out["labels"] = self._label(example[self.label_column])
-        return out
-
-    def batch(self, batch: dict) -> dict:
-        out = {"pixel_values": [self.transform(image) for image in batch[self.image_column]]}
-        if self.label_column is not None:
-            out["labels"] = [self._label(v) for v in batch[self.label_column]]
-        return out
-
-
-def attach(dataset, transform: ExampleTransform):
-    """Apply `transform` lazily: on access for map-style data, while iterating for streamed data (in workers)."""
-    from datasets import IterableDataset
-
-    if isinstance(dataset, IterableDataset):
-        return dataset.map(transform.example, remove_columns=list(dataset.features))
-    return dataset.with_transform(transform.batch)
-
-
-def collate(examples: list[dict]) -> dict:
-    batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
-    if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
-    return batch

@@ -10,7 +10,6 @@ YAML sets the defaults, `--field value` overrides them; every `TrainingArguments
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import sys
@@ -19,7 +18,6 @@ from pathlib import Path
 import datasets
 import transformers
 from datasets import Dataset, IterableDataset
-from datasets import Image as ImageFeature
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 
 from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
@@ -27,8 +25,13 @@ from hf_resnet.data import DataError, load_image_data
 from hf_resnet.modeling import ModelLoadError, apply_tuning, build_model, load_config, load_image_processor
 from hf_resnet.preflight import check_run
 from hf_resnet.parser import ConfigError, make_parser, parse_args  # noqa: F401  (make_parser: the parser factory)
-from hf_resnet.trainer import CardInfo, ImageClassificationTrainer, streaming_steps_per_epoch, use_steps_for_epochs
-from hf_resnet.transforms import ExampleTransform, PreprocessConfig, attach, build_eval_transform, build_train_transform
+from hf_resnet.trainer import (
+    CardInfo, ImageClassificationTrainer, NonFiniteLossError, streaming_steps_per_epoch, use_steps_for_epochs,
+)
+from hf_resnet.examples import build_split_inputs, file_names
+from hf_resnet.predictions import write_predictions
+from hf_resnet.skips import SkippedImagesCallback, TooManySkippedImages, build_report, check_share, write_report
+from hf_resnet.transforms import PreprocessConfig
 
 logger = logging.getLogger("hf_resnet.finetune")
 
@@ -51,20 +54,8 @@ def _last_checkpoint(training_args: FinetuneTrainingArguments) -> str | None:
     return None
 
 
-def _write_predictions(path: Path, output, dataset, image_column: str, labels: list[str]) -> None:
-    """One row per test image: file (when known), top-1 label and its probability, then the top-5."""
-    ids, probs = output.predictions
-    files = [""] * len(ids)
-    if isinstance(dataset, Dataset):
-        files = [item["path"] or "" for item in dataset.cast_column(image_column, ImageFeature(decode=False))[image_column]]
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "file", "label", "score", "top5_labels", "top5_scores"])
-        for i, (row_ids, row_probs) in enumerate(zip(ids, probs)):
-            writer.writerow([
-                i, files[i], labels[row_ids[0]], f"{row_probs[0]:.6f}",
-                "|".join(labels[j] for j in row_ids), "|".join(f"{p:.6f}" for p in row_probs),
-            ])
+def _size(dataset) -> int | None:
+    return len(dataset) if isinstance(dataset, Dataset) else None
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: FinetuneTrainingArguments) -> dict:
@@ -89,10 +80,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
     logger.info("Parameters: %s", apply_tuning(model, model_args.tuning))
 
     pre = PreprocessConfig.from_processor(processor)
-    train_tf = build_train_transform(pre, data_args.random_resized_crop_scale, data_args.horizontal_flip)
-    eval_tf = build_eval_transform(pre)
-    train_set = attach(data.train, ExampleTransform(train_tf, data.image_column, data.label_column, label_map)) if data.train is not None else None
-    eval_set = attach(data.validation, ExampleTransform(eval_tf, data.image_column, data.label_column, label_map)) if data.validation is not None else None
+    inputs = build_split_inputs(data, pre, data_args, label_map, training_args.output_dir)
+    train_set, eval_set = inputs.get("train"), inputs.get("validation")
+    split_sizes = {"train": data.num_train_examples, "validation": _size(data.validation), "test": _size(data.test)}
 
     card = CardInfo(
         base_model=model_args.model_name_or_path,
@@ -107,6 +97,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
         model=model, args=training_args, train_dataset=train_set if training_args.do_train else None,
         eval_dataset=eval_set if training_args.do_eval else None, processing_class=processor,
         card_info=card, head_learning_rate=model_args.head_learning_rate,
+        describe_examples=lambda ids: file_names(train_set, ids),
+        callbacks=[SkippedImagesCallback(training_args.output_dir, split_sizes, data_args.max_skipped_share)],
     )
 
     metrics: dict = {}
@@ -125,20 +117,24 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
         card.eval_metrics = eval_metrics
         metrics.update(eval_metrics)
 
-    if data.test is not None and (data_args.test_dir or training_args.do_predict):
-        test_labels = data.label_column if data.test_has_labels else None
-        test_set = attach(data.test, ExampleTransform(eval_tf, data.image_column, test_labels, label_map))
+    if "test" in inputs and (data_args.test_dir or training_args.do_predict):
         if data.test_has_labels:
-            test_metrics = trainer.evaluate(test_set, metric_key_prefix="test")
+            test_metrics = trainer.evaluate(inputs["test"], metric_key_prefix="test")
             trainer.log_metrics("test", test_metrics)
             trainer.save_metrics("test", test_metrics)
             metrics.update(test_metrics)
         else:  # unlabeled: predict, write a file, score nothing
-            output = trainer.predict(test_set, metric_key_prefix="test")
+            output = trainer.predict(inputs["test"], metric_key_prefix="test")
             if trainer.is_world_process_zero():
+                skipped = {f["index"]: f["reason"] for f in build_report(training_args.output_dir, split_sizes).get("test", {}).get("files", [])}
                 path = Path(training_args.output_dir) / "predictions.csv"
-                _write_predictions(path, output, data.test, data.image_column, card.labels)
-                logger.info("Wrote %d predictions to %s", len(output.predictions[0]), path)
+                rows = write_predictions(path, output, inputs["test"], card.labels, skipped)
+                logger.info("Wrote %d predictions to %s", rows, path)
+
+    report = build_report(training_args.output_dir, split_sizes)
+    if trainer.is_world_process_zero():
+        write_report(training_args.output_dir, report)
+    check_share(report, data_args.max_skipped_share)
 
     if trainer.is_world_process_zero() and (training_args.do_train or training_args.do_eval):
         trainer.create_model_card()
@@ -151,7 +147,7 @@ def cli() -> None:
     """Run from the command line: misconfiguration ends with its message (exit 2), not a traceback."""
     try:
         main(*parse_args())
-    except (ConfigError, DataError, ModelLoadError) as err:
+    except (ConfigError, DataError, ModelLoadError, TooManySkippedImages, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

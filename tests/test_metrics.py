@@ -72,3 +72,10 @@ def test_reduction_keeps_k_per_example_not_all_logits():
 def test_accepts_plain_top1_predictions():
     got = classification_metrics(np.array([0, 1, 1]), np.array([0, 1, 0]), num_classes=2)
     assert got["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_skipped_examples_are_not_scored():
+    ids = np.array([[0, 1], [1, 0], [0, 1], [1, 0]])
+    labels = np.array([0, 1, -100, -100])  # the last two images could not be decoded
+    got = classification_metrics(ids, labels, num_classes=2)
+    assert got["samples"] == 2 and got["accuracy"] == 1.0

@@ -8,7 +8,9 @@ from PIL import Image
 from transformers import AutoImageProcessor, BitImageProcessor, ViTImageProcessor
 
 from hf_resnet.bundled import resolve_asset
-from hf_resnet.transforms import PreprocessConfig, build_eval_transform, build_train_transform, collate, to_rgb
+from hf_resnet.examples import collate
+from hf_resnet.images import to_rgb
+from hf_resnet.transforms import PreprocessConfig, build_eval_transform, build_train_transform
 
 PHOTOS = sorted(HYMENOPTERA.glob("val/*/*.jpg"))[::4]  # ants and bees of many sizes and aspect ratios
 
@@ -49,7 +51,7 @@ def test_train_transform_shape_and_randomness():
     a, b = transform(image), transform(image)
     assert a.shape == b.shape == (3, 224, 224) and a.dtype == torch.float32
     assert not torch.equal(a, b)  # random crops differ
-    batch = collate([{"pixel_values": a, "labels": 1}, {"pixel_values": b, "labels": 0}])
+    batch = collate([{"pixel_values": a, "labels": 1, "example_ids": 0}, {"pixel_values": b, "labels": 0, "example_ids": 1}])
     assert batch["pixel_values"].shape == (2, 3, 224, 224) and batch["labels"].tolist() == [1, 0]
 
 

@@ -1,0 +1,128 @@
+"""Dataset examples -> model inputs, inside the DataLoader workers, where one bad file costs one example.
+
+The image column is read undecoded (`Image(decode=False)`); `ExampleTransform` decodes it with
+`images.decode_image`, applies the train or eval transform and maps the label onto the model's head. An image that
+cannot be decoded is recorded (`skips.SkipRecorder`) and replaced by a blank input whose label is -100, which the
+loss and the metrics ignore: batches keep their size, so processes stay in step and every example is counted once.
+"""
+
+from __future__ import annotations
+
+import torch
+from datasets import Dataset, IterableDataset
+from datasets import Image as ImageFeature
+
+from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, describe
+from .skips import SkipRecorder
+
+IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss's default ignore_index
+
+
+class ExampleTransform:
+    """One raw example -> {"pixel_values", "labels"?, "example_ids"}; picklable so DataLoader workers can run it.
+
+    `label_map` re-indexes dataset labels onto a pretrained head whose classes are the same names in another
+    order. `label_column=None` (unlabeled test data) gives no "labels".
+    """
+
+    def __init__(self, transform, image_column: str, label_column: str | None, label_map: list[int] | None = None,
+                 recorder: SkipRecorder | None = None, crop_size: tuple[int, int] = (224, 224),
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, label_names: list[str] | None = None):
+        self.transform = transform
+        self.image_column = image_column
+        self.label_column = label_column
+        self.label_map = label_map
+        self.recorder = recorder
+        self.crop_size = tuple(crop_size)
+        self.max_pixels = max_pixels
+        self.label_names = label_names
+
+    def _label(self, value: int) -> int:
+        return self.label_map[value] if self.label_map is not None and value >= 0 else value
+
+    def __call__(self, example: dict, index: int | None = None) -> dict:
+        value = example[self.image_column]
+        label = example[self.label_column] if self.label_column is not None else None
+        out = {"example_ids": -1 if index is None else int(index)}
+        try:
+            out["pixel_values"] = self.transform(decode_image(value, self.max_pixels))
+        except ImageDecodeError as err:
+            if self.recorder is not None:
+                name = self.label_names[label] if self.label_names and label is not None and label >= 0 else label
+                self.recorder.record(index, describe(value), name, str(err))
+            out["pixel_values"] = torch.zeros(3, *self.crop_size)
+            if label is not None:
+                label = IGNORE_INDEX
+        if label is not None:
+            out["labels"] = self._label(label) if label != IGNORE_INDEX else IGNORE_INDEX
+        return out
+
+
+class ImageClassificationDataset(torch.utils.data.Dataset):
+    """A map-style HF dataset with its images undecoded, transformed per example (batched reads via __getitems__)."""
+
+    def __init__(self, dataset: Dataset, transform: ExampleTransform):
+        self.dataset = undecoded(dataset, transform.image_column)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.transform(self.dataset[int(index)], int(index))
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        batch = self.dataset[list(indices)]
+        return [self.transform({k: v[j] for k, v in batch.items()}, int(i)) for j, i in enumerate(indices)]
+
+
+def undecoded(dataset, image_column: str):
+    """The same dataset with its image column left as {"bytes", "path"}: decoding is ours to guard."""
+    return dataset.cast_column(image_column, ImageFeature(decode=False))
+
+
+def attach(dataset, transform: ExampleTransform):
+    """Map-style -> ImageClassificationDataset; streamed -> a lazy `map` that runs while iterating (in workers)."""
+    if isinstance(dataset, IterableDataset):
+        stream = undecoded(dataset, transform.image_column)
+        return stream.map(transform, with_indices=True, remove_columns=list(stream.features))
+    return ImageClassificationDataset(dataset, transform)
+
+
+def collate(examples: list[dict]) -> dict:
+    batch = {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "example_ids": torch.tensor([e["example_ids"] for e in examples], dtype=torch.long),
+    }
+    if "labels" in examples[0]:
+        batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+    return batch
+
+
+def file_names(dataset, ids: list[int]) -> list[str]:
+    """Example ids -> file names (map-style data); streamed data only knows its ids."""
+    if isinstance(dataset, ImageClassificationDataset):
+        column = dataset.transform.image_column
+        return [describe(dataset.dataset[int(i)][column]) if 0 <= i < len(dataset) else f"index {i}" for i in ids]
+    return [f"index {i}" for i in ids]
+
+
+def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output_dir: str | None) -> dict:
+    """ImageData's raw splits -> datasets of model inputs: train augmentation for train, the processor's eval
+    preprocessing for validation and test; each split records its own undecodable images."""
+    from .transforms import build_eval_transform, build_train_transform
+
+    train_tf = build_train_transform(pre, data_args.random_resized_crop_scale, data_args.horizontal_flip)
+    eval_tf = build_eval_transform(pre)
+    common = dict(image_column=data.image_column, label_map=label_map, crop_size=pre.crop_size,
+                  max_pixels=data_args.max_image_pixels, label_names=data.labels)
+    plan = {
+        "train": (data.train, train_tf, data.label_column),
+        "validation": (data.validation, eval_tf, data.label_column),
+        "test": (data.test, eval_tf, data.label_column if data.test_has_labels else None),
+    }
+    return {
+        split: attach(raw, ExampleTransform(tf, label_column=labels, recorder=SkipRecorder(output_dir, split), **common))
+        for split, (raw, tf, labels) in plan.items()
+        if raw is not None
+    }
