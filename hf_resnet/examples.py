@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from datasets import Dataset, IterableDataset
 from datasets import Image as ImageFeature
+from transformers import TrainerCallback
 
 from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, describe
 from .skips import SkipRecorder
@@ -27,7 +28,8 @@ class ExampleTransform:
 
     def __init__(self, transform, image_column: str, label_column: str | None, label_map: list[int] | None = None,
                  recorder: SkipRecorder | None = None, crop_size: tuple[int, int] = (224, 224),
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, label_names: list[str] | None = None):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, label_names: list[str] | None = None,
+                 seed: int | None = None):
         self.transform = transform
         self.image_column = image_column
         self.label_column = label_column
@@ -36,6 +38,8 @@ class ExampleTransform:
         self.crop_size = tuple(crop_size)
         self.max_pixels = max_pixels
         self.label_names = label_names
+        self.seed = seed  # set: augmentation randomness is a function of (seed, epoch, index) alone
+        self.epoch = 0
 
     def _label(self, value: int) -> int:
         return self.label_map[value] if self.label_map is not None and value >= 0 else value
@@ -45,7 +49,15 @@ class ExampleTransform:
         label = example[self.label_column] if self.label_column is not None else None
         out = {"example_ids": -1 if index is None else int(index)}
         try:
-            out["pixel_values"] = self.transform(decode_image(value, self.max_pixels))
+            image = decode_image(value, self.max_pixels)
+            if self.seed is None or index is None:
+                out["pixel_values"] = self.transform(image)
+            else:
+                # Same crop for the same (epoch, example) whatever the worker count or a resume: the DataLoader's
+                # own draws from the global RNG (worker seeds, iterator start) cannot shift it.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF_FFFF_FFFF)
+                    out["pixel_values"] = self.transform(image)
         except ImageDecodeError as err:
             if self.recorder is not None:
                 name = self.label_names[label] if self.label_names and label is not None and label >= 0 else label
@@ -68,12 +80,26 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Before each epoch's workers start (see `EpochCallback`: accelerate's resumed loader does not call it)."""
+        self.transform.epoch = int(epoch)
+
     def __getitem__(self, index: int) -> dict:
         return self.transform(self.dataset[int(index)], int(index))
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         batch = self.dataset[list(indices)]
         return [self.transform({k: v[j] for k, v in batch.items()}, int(i)) for j, i in enumerate(indices)]
+
+
+class EpochCallback(TrainerCallback):
+    """Tell the training set which epoch begins, also when a resumed run starts mid-epoch."""
+
+    def __init__(self, dataset: ImageClassificationDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))
 
 
 def undecoded(dataset, image_column: str):
@@ -107,7 +133,8 @@ def file_names(dataset, ids: list[int]) -> list[str]:
     return [f"index {i}" for i in ids]
 
 
-def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output_dir: str | None) -> dict:
+def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output_dir: str | None,
+                       seed: int | None = None) -> dict:
     """ImageData's raw splits -> datasets of model inputs: train augmentation for train, the processor's eval
     preprocessing for validation and test; each split records its own undecodable images."""
     from .transforms import build_eval_transform, build_train_transform
@@ -117,12 +144,13 @@ def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output
     common = dict(image_column=data.image_column, label_map=label_map, crop_size=pre.crop_size,
                   max_pixels=data_args.max_image_pixels, label_names=data.labels)
     plan = {
-        "train": (data.train, train_tf, data.label_column),
-        "validation": (data.validation, eval_tf, data.label_column),
-        "test": (data.test, eval_tf, data.label_column if data.test_has_labels else None),
+        "train": (data.train, train_tf, data.label_column, seed),
+        "validation": (data.validation, eval_tf, data.label_column, None),
+        "test": (data.test, eval_tf, data.label_column if data.test_has_labels else None, None),
     }
     return {
-        split: attach(raw, ExampleTransform(tf, label_column=labels, recorder=SkipRecorder(output_dir, split), **common))
-        for split, (raw, tf, labels) in plan.items()
+        split: attach(raw, ExampleTransform(tf, label_column=labels, recorder=SkipRecorder(output_dir, split),
+                                            seed=split_seed, **common))
+        for split, (raw, tf, labels, split_seed) in plan.items()
         if raw is not None
     }

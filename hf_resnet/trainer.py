@@ -25,7 +25,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from .metrics import ComputeMetrics, reduce_logits
 from .model_card import render_model_card
 from .modeling import param_groups
-from .examples import IGNORE_INDEX, collate
+from .examples import IGNORE_INDEX, EpochCallback, ImageClassificationDataset, collate
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class ImageClassificationTrainer(Trainer):
         kwargs.setdefault("compute_metrics", ComputeMetrics(len(card_info.labels)))
         kwargs.setdefault("preprocess_logits_for_metrics", reduce_logits)
         super().__init__(*args, **kwargs)
+        if isinstance(self.train_dataset, ImageClassificationDataset):
+            self.add_callback(EpochCallback(self.train_dataset))
         self.card_info = card_info
         self.head_learning_rate = head_learning_rate
         self.describe_examples = describe_examples  # example ids -> file names, for messages

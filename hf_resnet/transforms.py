@@ -94,6 +94,22 @@ def _center_crop(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.crop(image, top, left, crop_h, crop_w)
 
 
+MAX_ASPECT = 4.0  # beyond this, only the central part of the long side can reach the center crop
+
+
+def _trim_extreme_aspect(image: Image.Image) -> Image.Image:
+    """Cut a 4000x3 strip to its central 12x3 before the short side is upscaled (which would allocate a
+    256x341,333 tensor). The center crop sees the same pixels; images up to 4:1 are untouched (exact parity)."""
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    if long <= MAX_ASPECT * short:
+        return image
+    keep = int(MAX_ASPECT * short)
+    start = (long - keep) // 2
+    box = (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
+    return image.crop(box)
+
+
 class _Normalize(torch.nn.Module):
     """uint8 -> float, then (x - mean/rescale) / (std/rescale): the processor's fused rescale + normalise."""
 
@@ -116,7 +132,10 @@ class EvalTransform(torch.nn.Module):
 
     def forward(self, image: Image.Image) -> torch.Tensor:
         cfg = self.cfg
-        x = F.pil_to_tensor(to_rgb(image))
+        image = to_rgb(image)
+        if cfg.resize_shortest_edge is not None:
+            image = _trim_extreme_aspect(image)
+        x = F.pil_to_tensor(image)
         if cfg.resize_shortest_edge is not None:
             x = _resize_shortest_edge(x, cfg.resize_shortest_edge, cfg.interpolation)
         elif cfg.resize_size is not None:

@@ -18,8 +18,9 @@ from pathlib import Path
 import datasets
 import transformers
 from datasets import Dataset, IterableDataset
-from transformers.trainer_utils import get_last_checkpoint, set_seed
+from transformers.trainer_utils import set_seed
 
+from hf_resnet.checkpoints import last_complete_checkpoint
 from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from hf_resnet.data import DataError, load_image_data
 from hf_resnet.modeling import ModelLoadError, apply_tuning, build_model, load_config, load_image_processor
@@ -46,12 +47,15 @@ def _setup_logging(training_args: FinetuneTrainingArguments) -> None:
 
 
 def _last_checkpoint(training_args: FinetuneTrainingArguments) -> str | None:
-    """Resume from the newest checkpoint in output_dir unless told otherwise: a rerun continues a killed run."""
+    """Resume from the newest complete checkpoint in output_dir unless told otherwise: a rerun continues a killed run."""
     if training_args.resume_from_checkpoint is not None:
         return training_args.resume_from_checkpoint
-    if training_args.do_train and os.path.isdir(training_args.output_dir):
-        return get_last_checkpoint(training_args.output_dir)
-    return None
+    if not training_args.do_train:
+        return None
+    return last_complete_checkpoint(
+        training_args.output_dir, needs_optimizer=not training_args.save_only_model,
+        set_aside=training_args.process_index == 0,  # one process renames; the others only read
+    )
 
 
 def _size(dataset) -> int | None:
@@ -62,6 +66,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
     _setup_logging(training_args)
     set_seed(training_args.seed)
     last_checkpoint = _last_checkpoint(training_args)
+    if last_checkpoint is not None:
+        logger.info("Resuming from %s (model, optimizer, scheduler, RNG states, data position)", last_checkpoint)
 
     # Model first (config + processor only): an unreachable Hub fails here, before any data is read.
     checkpoint_config = load_config(model_args)
@@ -80,7 +86,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
     logger.info("Parameters: %s", apply_tuning(model, model_args.tuning))
 
     pre = PreprocessConfig.from_processor(processor)
-    inputs = build_split_inputs(data, pre, data_args, label_map, training_args.output_dir)
+    inputs = build_split_inputs(data, pre, data_args, label_map, training_args.output_dir, seed=training_args.seed)
     train_set, eval_set = inputs.get("train"), inputs.get("validation")
     split_sizes = {"train": data.num_train_examples, "validation": _size(data.validation), "test": _size(data.test)}
 
