@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from .configs import ConfigError
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -55,3 +57,54 @@ def last_complete_checkpoint(output_dir: str | Path, needs_optimizer: bool = Tru
             os.replace(folder, target)
             logger.warning("%s was not completely written (a crash mid-save?); set aside as %s", folder, target.name)
     return None
+
+
+NO_RESUME = ("false", "no", "none", "")
+
+
+def resume_checkpoint(training_args, labels: list[str] | None = None) -> str | None:
+    """What `trainer.train(resume_from_checkpoint=...)` gets.
+
+    `resume_from_checkpoint`: unset or `true` -> the newest complete checkpoint in output_dir (a rerun continues a
+    killed run); a path -> that one; `false` -> start afresh. A finished run is not silently re-run.
+    """
+    value = training_args.resume_from_checkpoint
+    if not training_args.do_train or (isinstance(value, str) and value.strip().lower() in NO_RESUME):
+        return None
+    if value is not None and value.strip().lower() not in ("true", "auto"):
+        if not is_complete(value, needs_optimizer=not training_args.save_only_model):
+            raise ConfigError(f"`resume_from_checkpoint` {value!r} is not a complete checkpoint folder; point it at "
+                              "a checkpoint-N folder, or set it to false to start afresh.")
+        found = value
+    else:
+        found = last_complete_checkpoint(
+            training_args.output_dir, needs_optimizer=not training_args.save_only_model,
+            set_aside=training_args.process_index == 0,  # one process renames; the others only read
+        )
+    if found is None:
+        return None
+    state = json.loads((Path(found) / "trainer_state.json").read_text())
+    if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
+        raise ConfigError(
+            f"{training_args.output_dir} already holds a finished run ({Path(found).name} is its last step). Use a "
+            "new `output_dir`, or `--resume_from_checkpoint false` to train again from scratch over it."
+        )
+    if labels is not None:
+        check_labels(found, labels)
+    return found
+
+
+def check_labels(checkpoint: str, labels: list[str]) -> None:
+    """Refuse to resume a checkpoint whose head predicts other classes than the data now has."""
+    try:
+        config = json.loads((Path(checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    saved = config.get("id2label") or {}
+    saved_names = [saved.get(str(i)) for i in range(len(saved))]
+    if saved_names and saved_names != list(labels):
+        raise ConfigError(
+            f"{checkpoint} was trained on classes {saved_names[:10]}{'...' if len(saved_names) > 10 else ''}, but the "
+            f"data now has {labels[:10]}{'...' if len(labels) > 10 else ''}. Use a new `output_dir`, or "
+            "`--resume_from_checkpoint false` to start afresh."
+        )

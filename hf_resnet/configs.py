@@ -18,6 +18,10 @@ from .images import DEFAULT_MAX_PIXELS
 BUNDLED_PREFIX = "bundled:"
 
 
+class ConfigError(ValueError):
+    """A recipe or flag that cannot work; the message says which field and how to fix it."""
+
+
 @dataclass
 class ModelArguments:
     """Parameters that control which model is fine-tuned and how its head is set up."""
@@ -59,9 +63,9 @@ class ModelArguments:
         if isinstance(self.model_name_or_path, str) and self.model_name_or_path.lower() in ("", "none", "null"):
             self.model_name_or_path = None  # `--model_name_or_path null` on the command line, as in YAML
         if self.model_name_or_path is None and self.config_name is None:
-            raise ValueError("Set `model_name_or_path` (a checkpoint) or `config_name` (a config to build from).")
+            raise ConfigError("Set `model_name_or_path` (a checkpoint) or `config_name` (a config to build from).")
         if self.tuning not in ("full", "linear_probe"):
-            raise ValueError(f"`tuning` must be 'full' or 'linear_probe', got {self.tuning!r}.")
+            raise ConfigError(f"`tuning` must be 'full' or 'linear_probe', got {self.tuning!r}.")
 
 
 @dataclass
@@ -118,16 +122,22 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        hub = self.dataset_name is not None and not self.dataset_name.startswith(BUNDLED_PREFIX)
+        if (hub or self.dataset_name == "bundled:digits") and (self.train_dir or self.validation_dir):
+            raise ConfigError(
+                f"`dataset_name` ({self.dataset_name}) and `train_dir`/`validation_dir` both name the data; keep one "
+                "(`test_dir` may be added to either)."
+            )
         if self.dataset_name is None and self.train_dir is None and self.validation_dir is None:
-            raise ValueError(
+            raise ConfigError(
                 "No data: set `dataset_name` (a Hub id or `bundled:digits`) or `train_dir`/`validation_dir` (image folders)."
             )
         if not 0.0 < self.train_val_split < 1.0:
-            raise ValueError(f"`train_val_split` must be between 0 and 1, got {self.train_val_split}.")
+            raise ConfigError(f"`train_val_split` must be between 0 and 1, got {self.train_val_split}.")
         if len(self.random_resized_crop_scale) != 2 or not 0 < self.random_resized_crop_scale[0] <= self.random_resized_crop_scale[1] <= 1:
-            raise ValueError(f"`random_resized_crop_scale` must be [min, max] with 0 < min <= max <= 1, got {self.random_resized_crop_scale}.")
+            raise ConfigError(f"`random_resized_crop_scale` must be [min, max] with 0 < min <= max <= 1, got {self.random_resized_crop_scale}.")
         if not 0.0 <= self.horizontal_flip <= 1.0:
-            raise ValueError(f"`horizontal_flip` is a probability, got {self.horizontal_flip}.")
+            raise ConfigError(f"`horizontal_flip` is a probability, got {self.horizontal_flip}.")
 
 
 @dataclass
@@ -164,5 +174,5 @@ class FinetuneTrainingArguments(TrainingArguments):
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
         if self.on_nonfinite_loss not in ("stop", "skip"):
-            raise ValueError(f"`on_nonfinite_loss` must be 'stop' or 'skip', got {self.on_nonfinite_loss!r}.")
+            raise ConfigError(f"`on_nonfinite_loss` must be 'stop' or 'skip', got {self.on_nonfinite_loss!r}.")
         super().__post_init__()

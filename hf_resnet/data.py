@@ -7,6 +7,7 @@ Every check here runs before any weights are loaded or any step is trained, and 
 from __future__ import annotations
 
 import logging
+import zlib
 from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,9 @@ class ImageData:
     label_column: str
     labels: list[str]
     test_has_labels: bool = False
+    test_label_map: list[int] | None = None  # a test folder's own label ids -> training label ids
     num_train_examples: int | None = None  # known even when streaming, if the source says so
+    sizes: dict = field(default_factory=dict)  # split -> examples, where known (also when streaming)
     source: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -68,7 +71,7 @@ def _folder_files(path: str) -> str:
 
 
 def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
-    """-> (dict split -> dataset, separate test dataset or None, split sizes known up front)."""
+    """-> (dict split -> dataset, split sizes known up front)."""
     train_dir, validation_dir = args.train_dir, args.validation_dir
     if is_bundled(args.dataset_name):
         if args.dataset_name != "bundled:digits":
@@ -89,28 +92,47 @@ def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
         for name, split in raw.items():
             info = split.info.splits.get(name) if split.info.splits else None
             sizes[name] = info.num_examples if info is not None and info.num_examples else None
-        return dict(raw), None, sizes
+        return dict(raw), sizes
     files, sizes = {}, {}
     for split, folder, name in (("train", train_dir, "train_dir"), ("validation", validation_dir, "validation_dir")):
         if folder:
             _check_folder(folder, name)
             files[split] = _folder_files(folder)
             sizes[split] = _count_images(folder)
-    test = None
-    if args.test_dir:
-        _check_folder(args.test_dir, "test_dir")
-        test = load_dataset(
-            "imagefolder", data_files={"test": _folder_files(args.test_dir)}, streaming=args.streaming, cache_dir=cache_dir
-        )
-        test = test["test"]
-        sizes["test"] = _count_images(args.test_dir)
     # drop_labels=False: one class sub-folder is one class (then rejected below as too few), not "no labels"
     raw = (
         load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir, drop_labels=False)
         if files
         else {}
     )
-    return dict(raw), test, sizes
+    return dict(raw), sizes
+
+
+def _load_test_dir(args: DataArguments, cache_dir: str | None):
+    _check_folder(args.test_dir, "test_dir")
+    files = {"test": _folder_files(args.test_dir)}
+    test = load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir)["test"]
+    return test, _count_images(args.test_dir)
+
+
+def _test_dir_labels(test, label_column: str, labels: list[str]) -> tuple[list[int] | None, str | None]:
+    """A test folder's own class list -> (its label id -> the training label id) or None when unlabeled.
+
+    Its sub-folders must be training classes (then they are scored); one unknown sub-folder (e.g. `unknown/`)
+    or none at all means unlabeled images to predict.
+    """
+    feature = (test.features or {}).get(label_column)
+    if not isinstance(feature, ClassLabel):
+        return None, None
+    unknown = [name for name in feature.names if name not in labels]
+    if not unknown:
+        return [labels.index(name) for name in feature.names], None
+    if len(feature.names) == 1:
+        return None, f"test_dir has one sub-folder ({feature.names[0]!r}) that is not a class: predicting, not scoring"
+    raise DataError(
+        f"`test_dir` has sub-folders that are not training classes: {unknown} (classes: {labels}). Rename them, "
+        "or put unlabeled images directly in `test_dir` to predict them."
+    )
 
 
 def _pick_column(features, wanted: str | None, candidates: tuple[str, ...], kind: str, field_name: str) -> str:
@@ -152,16 +174,26 @@ def _resolve_columns(features, args: DataArguments) -> tuple[str, str, list[str]
     return image_column, label_column, list(label_feature.names)
 
 
-def _every_kth(_example, index: int, every: int, held_out: bool) -> bool:
-    return (index % every == 0) == held_out
+def _held_out(example: dict, column: str, share: float, seed: int) -> bool:
+    """Whether a (undecoded) image belongs to the held-out validation part: a hash of its path or bytes, so the
+    answer is the same in every epoch, shard order, worker and process."""
+    value = example[column]
+    key = (value.get("path") or "").encode() or (value.get("bytes") or b"")
+    return zlib.crc32(key, seed & 0xFFFFFFFF) % 10_000 < share * 10_000
 
 
-def _split_validation(train, args: DataArguments, label_column: str, seed: int):
-    """Hold out `train_val_split` of train: stratified for map-style data, every k-th example when streaming."""
+def _not_held_out(example: dict, column: str, share: float, seed: int) -> bool:
+    return not _held_out(example, column, share, seed)
+
+
+def _split_validation(train, args: DataArguments, image_column: str, label_column: str, seed: int):
+    """Hold out `train_val_split` of train: stratified for map-style data; by a hash of each image's path (or
+    bytes) when streaming, so the two parts never overlap whatever the shard order."""
     if isinstance(train, IterableDataset):
-        every = max(2, round(1 / args.train_val_split))
-        keep = train.filter(partial(_every_kth, every=every, held_out=False), with_indices=True)
-        held = train.filter(partial(_every_kth, every=every, held_out=True), with_indices=True)
+        raw = train.cast_column(image_column, ImageFeature(decode=False))  # hashing needs no decoding
+        rule = dict(column=image_column, share=args.train_val_split, seed=seed)
+        keep = raw.filter(partial(_not_held_out, **rule)).cast_column(image_column, ImageFeature())
+        held = raw.filter(partial(_held_out, **rule)).cast_column(image_column, ImageFeature())
         return keep, held
     try:
         parts = train.train_test_split(test_size=args.train_val_split, stratify_by_column=label_column, seed=seed)
@@ -191,18 +223,23 @@ def _test_has_labels(test, label_column: str) -> bool:
 
 
 def load_image_data(
-    args: DataArguments, seed: int = 42, token: str | None = None, cache_dir: str | None = None
+    args: DataArguments, seed: int = 42, token: str | None = None, cache_dir: str | None = None,
+    with_test: bool | None = None,
 ) -> ImageData:
     """Load, check and split the data named by `args`; a streamed train split is shuffled through a buffer.
 
     Splitting a stream per process is left to accelerate when the Trainer builds its DataLoader (by shard when
     there are enough shards, else by batch), and per DataLoader worker to `datasets` (by shard).
     """
-    raw, test, sizes = _load_raw(args, token, cache_dir)
+    raw, sizes = _load_raw(args, token, cache_dir)
     train = raw.get("train")
     validation = next((raw[s] for s in VALIDATION_SPLITS if s in raw), None)
-    if test is None and "test" in raw:
-        test = raw["test"]
+    with_test = bool(args.test_dir) if with_test is None else with_test
+    test = None
+    if args.test_dir:
+        test, sizes["test"] = _load_test_dir(args, cache_dir)
+    elif with_test:
+        test = raw.get("test")  # a Hub dataset's own test split (ImageNet's has labels -1: predicted)
     reference = train if train is not None else validation
     if reference is None:
         raise DataError(f"The dataset has no train or validation split (splits: {sorted(raw)}); set `train_dir`/`validation_dir`.")
@@ -212,23 +249,39 @@ def load_image_data(
     image_column, label_column, labels = _resolve_columns(features, args)
     notes = []
     if train is not None and validation is None:
-        train, validation = _split_validation(train, args, label_column, seed)
+        train, validation = _split_validation(train, args, image_column, label_column, seed)
         notes.append(f"no validation split: held out {args.train_val_split:.0%} of train (seed {seed})")
         if sizes.get("train"):
             sizes["train"] = sizes["train"] - round(sizes["train"] * args.train_val_split)
     train = _limit(train, args.max_train_samples)
     validation = _limit(validation, args.max_eval_samples)
     test = _limit(test, args.max_predict_samples)
-    if test is not None and image_column not in test.features:
-        raise DataError(f"The test split has no {image_column!r} column (columns: {sorted(test.features)}).")
+    test_label_map, test_has_labels = None, False
+    if test is not None:
+        if image_column not in test.features:
+            raise DataError(f"The test split has no {image_column!r} column (columns: {sorted(test.features)}).")
+        if args.test_dir:
+            test_label_map, note = _test_dir_labels(test, label_column, labels)
+            notes += [note] if note else []
+            test_has_labels = test_label_map is not None
+        else:
+            test_has_labels = _test_has_labels(test, label_column)
     num_train = len(train) if isinstance(train, Dataset) else sizes.get("train")
     if num_train is not None and args.max_train_samples is not None:
         num_train = min(num_train, args.max_train_samples)
     if isinstance(train, IterableDataset):
         train = train.shuffle(seed=seed, buffer_size=args.shuffle_buffer_size)
 
+    def size(split_name: str, dataset, limit: int | None) -> int | None:
+        known = len(dataset) if isinstance(dataset, Dataset) else sizes.get(split_name)
+        return min(known, limit) if known is not None and limit is not None else known
+
+    split_sizes = {"train": num_train, "validation": size("validation", validation, args.max_eval_samples),
+                   "test": size("test", test, args.max_predict_samples)}
+    if "validation" not in sizes and not isinstance(validation, Dataset):
+        split_sizes["validation"] = None  # a hash-split stream: about train_val_split of train, not counted
     return ImageData(
         train=train, validation=validation, test=test, image_column=image_column, label_column=label_column,
-        labels=labels, test_has_labels=_test_has_labels(test, label_column), num_train_examples=num_train,
-        source=args.dataset_name or args.train_dir or args.validation_dir or "", notes=notes,
+        labels=labels, test_has_labels=test_has_labels, test_label_map=test_label_map, num_train_examples=num_train,
+        source=args.dataset_name or args.train_dir or args.validation_dir or "", notes=notes, sizes=split_sizes,
     )

@@ -141,16 +141,19 @@ def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output
 
     train_tf = build_train_transform(pre, data_args.random_resized_crop_scale, data_args.horizontal_flip)
     eval_tf = build_eval_transform(pre)
-    common = dict(image_column=data.image_column, label_map=label_map, crop_size=pre.crop_size,
-                  max_pixels=data_args.max_image_pixels, label_names=data.labels)
+    common = dict(image_column=data.image_column, crop_size=pre.crop_size, max_pixels=data_args.max_image_pixels,
+                  label_names=data.labels)
+    test_map = label_map
+    if data.test_label_map is not None:  # a test folder's own class order, then the head's
+        test_map = [label_map[i] if label_map else i for i in data.test_label_map]
     plan = {
-        "train": (data.train, train_tf, data.label_column, seed),
-        "validation": (data.validation, eval_tf, data.label_column, None),
-        "test": (data.test, eval_tf, data.label_column if data.test_has_labels else None, None),
+        "train": (data.train, train_tf, data.label_column, label_map, seed),
+        "validation": (data.validation, eval_tf, data.label_column, label_map, None),
+        "test": (data.test, eval_tf, data.label_column if data.test_has_labels else None, test_map, None),
     }
     return {
-        split: attach(raw, ExampleTransform(tf, label_column=labels, recorder=SkipRecorder(output_dir, split),
-                                            seed=split_seed, **common))
-        for split, (raw, tf, labels, split_seed) in plan.items()
+        split: attach(raw, ExampleTransform(tf, label_column=labels, label_map=split_map, seed=split_seed,
+                                            recorder=SkipRecorder(output_dir, split), **common))
+        for split, (raw, tf, labels, split_map, split_seed) in plan.items()
         if raw is not None
     }

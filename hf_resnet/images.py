@@ -12,12 +12,13 @@ used. Images over `max_pixels` (Pillow's decompression-bomb limit by default) ar
 from __future__ import annotations
 
 import io
-import warnings
+import re
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps
 
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's warning threshold (~0.25 GB of RGBA)
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (~0.36 GB as RGBA)
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
@@ -45,7 +46,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         return _scale_to_uint8(image).convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
+    if image.mode == "P" and (image.has_transparency_data or "transparency" in image.info):
         image = image.convert("RGBA")
     if image.mode in _TRANSPARENT_MODES:
         rgba = image.convert("RGBA")
@@ -70,31 +71,46 @@ def decode_image(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Im
     """
     try:
         if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, dict):
+            return _checked(value, max_pixels)
+        if isinstance(value, dict):
             data, path = value.get("bytes"), value.get("path")
             if data is None and path is None:
                 raise ImageDecodeError("the example holds neither image bytes nor a path")
-            image = Image.open(io.BytesIO(data) if data is not None else path)
+            source = io.BytesIO(data) if data is not None else path
         elif isinstance(value, str):
-            image = Image.open(value)
+            source = value
         else:
             raise ImageDecodeError(f"expected image bytes or a path, got {type(value).__name__}")
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise ImageDecodeError(f"empty image ({width}x{height})")
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageDecodeError(
-                f"{width}x{height} = {width * height:,} pixels is over the {max_pixels:,}-pixel limit "
-                "(decompression-bomb guard; raise `max_image_pixels` if the file is genuine)"
-            )
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()  # decode now: truncated files fail here, inside the guard
-        return to_rgb(image)
+        with _own_size_limit(), Image.open(source) as image:  # closes the file, also on errors
+            return _checked(image, max_pixels)
     except ImageDecodeError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-            EOFError, MemoryError, TypeError) as err:  # Pillow's ways of saying "not a usable image"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, MemoryError, TypeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", describe(value), reason)
         raise ImageDecodeError(f"{type(err).__name__}: {reason}") from err
+
+
+@contextmanager
+def _own_size_limit():
+    """Pillow refuses images over 2x MAX_IMAGE_PIXELS inside `Image.open`, before `max_pixels` is consulted:
+    switch its guard off while opening, so `max_pixels` (None = no limit) is the only one."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _checked(image: Image.Image, max_pixels: int | None) -> Image.Image:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"empty image ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageDecodeError(
+            f"{width}x{height} = {width * height:,} pixels is over the {max_pixels:,}-pixel limit "
+            "(decompression-bomb guard; raise `max_image_pixels` if the file is genuine)"
+        )
+    image.load()  # decode now: truncated files fail here, inside the guard
+    return to_rgb(image)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -23,6 +24,11 @@ CARD_METRICS = {
     "precision_macro": ("precision", "Macro precision"),
     "recall_macro": ("recall", "Macro recall"),
 }
+
+
+def _is_hub_id(name: str | None) -> bool:
+    """`owner/name` or a legacy bare id, not a local path and not one of our `bundled:` assets."""
+    return bool(name) and ":" not in name and not os.path.exists(name) and not name.startswith((".", "/", "~"))
 
 
 def _versions() -> dict[str, str]:
@@ -50,7 +56,14 @@ def render_model_card(
     tuning: str,
     training_args,
 ) -> ModelCard:
-    """Build the card; `eval_metrics` keys may carry the Trainer's `eval_` prefix."""
+    """Build the card; `eval_metrics` keys may carry the Trainer's `eval_` prefix.
+
+    `base_model` / `dataset_id` go into the Hub metadata only when they are Hub ids: a local folder is named in
+    the text, not linked.
+    """
+    base_model_name = Path(base_model).name if base_model and os.path.isdir(base_model) else base_model
+    base_model = base_model if _is_hub_id(base_model) else None
+    dataset_id = dataset_id if _is_hub_id(dataset_id) else None
     metrics = {k.removeprefix("eval_"): float(v) for k, v in eval_metrics.items()}
     metrics = {k: v for k, v in metrics.items() if k in CARD_METRICS}
     eval_results = [
@@ -80,6 +93,7 @@ def render_model_card(
         model_name=model_name,
         repo_id=repo_id,
         base_model=base_model,
+        base_model_name=base_model_name,
         dataset_name=dataset_name,
         num_labels=len(labels),
         labels=labels,

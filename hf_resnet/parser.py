@@ -14,11 +14,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
-
-
-class ConfigError(ValueError):
-    """A recipe or flag that cannot work; the message says which field and how to fix it."""
+from .configs import ConfigError, DataArguments, FinetuneTrainingArguments, ModelArguments
 
 
 def make_parser() -> HfArgumentParser:

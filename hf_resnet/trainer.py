@@ -25,6 +25,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from .metrics import ComputeMetrics, reduce_logits
 from .model_card import render_model_card
 from .modeling import param_groups
+from .configs import ConfigError
 from .examples import IGNORE_INDEX, EpochCallback, ImageClassificationDataset, collate
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def streaming_steps_per_epoch(num_examples: int | None, args) -> int | None:
     if num_examples is None:
         if args.max_steps > 0:
             return None
-        raise ValueError(
+        raise ConfigError(
             "The streamed training split does not say how many examples it holds, so `num_train_epochs` cannot be "
             "turned into steps. Pass `max_steps` (optimizer steps), e.g. --max_steps 10000."
         )
@@ -169,6 +170,12 @@ def use_steps_for_epochs(args, steps_per_epoch: int | None) -> None:
     """A stream has no length for the Trainer: set `max_steps`, and turn epoch-wise eval/save/logging into
     every `steps_per_epoch` steps, which also keeps processes in step when their shards differ in size."""
     if steps_per_epoch is None:
+        epoch_wise = [k for k in ("eval", "save") if getattr(getattr(args, f"{k}_strategy"), "value", None) == "epoch"]
+        if epoch_wise and args.world_size > 1:  # processes would reach "end of epoch" at different steps and hang
+            raise ConfigError(
+                f"A stream of unknown size has no common epoch end across {args.world_size} processes; set "
+                + " and ".join(f"`{k}_strategy: steps` with `{k}_steps`" for k in epoch_wise) + "."
+            )
         return
     if args.max_steps <= 0:
         args.max_steps = steps_per_epoch * math.ceil(args.num_train_epochs)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import datasets
 import transformers
-from datasets import Dataset, IterableDataset
+from datasets import IterableDataset
 from transformers.trainer_utils import set_seed
 
-from hf_resnet.checkpoints import last_complete_checkpoint
+from hf_resnet.checkpoints import resume_checkpoint
 from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from hf_resnet.data import DataError, load_image_data
 from hf_resnet.modeling import ModelLoadError, apply_tuning, build_model, load_config, load_image_processor
@@ -46,34 +46,16 @@ def _setup_logging(training_args: FinetuneTrainingArguments) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
-def _last_checkpoint(training_args: FinetuneTrainingArguments) -> str | None:
-    """Resume from the newest complete checkpoint in output_dir unless told otherwise: a rerun continues a killed run."""
-    if training_args.resume_from_checkpoint is not None:
-        return training_args.resume_from_checkpoint
-    if not training_args.do_train:
-        return None
-    return last_complete_checkpoint(
-        training_args.output_dir, needs_optimizer=not training_args.save_only_model,
-        set_aside=training_args.process_index == 0,  # one process renames; the others only read
-    )
-
-
-def _size(dataset) -> int | None:
-    return len(dataset) if isinstance(dataset, Dataset) else None
-
-
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: FinetuneTrainingArguments) -> dict:
     _setup_logging(training_args)
     set_seed(training_args.seed)
-    last_checkpoint = _last_checkpoint(training_args)
-    if last_checkpoint is not None:
-        logger.info("Resuming from %s (model, optimizer, scheduler, RNG states, data position)", last_checkpoint)
 
     # Model first (config + processor only): an unreachable Hub fails here, before any data is read.
     checkpoint_config = load_config(model_args)
     processor = load_image_processor(model_args)
 
-    data = load_image_data(data_args, seed=training_args.seed, token=model_args.token, cache_dir=model_args.cache_dir)
+    data = load_image_data(data_args, seed=training_args.seed, token=model_args.token, cache_dir=model_args.cache_dir,
+                           with_test=bool(data_args.test_dir) or training_args.do_predict)
     for note in data.notes:
         logger.info(note)
     check_run(data, training_args, model_args, checkpoint_config)
@@ -83,21 +65,25 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
         logger.info("Streaming: training for %d optimizer steps", training_args.max_steps)
 
     model, label_map = build_model(model_args, data.labels)
+    head_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    last_checkpoint = resume_checkpoint(training_args, head_labels)
+    if last_checkpoint is not None:
+        logger.info("Resuming from %s (model, optimizer, scheduler, RNG states, data position)", last_checkpoint)
     logger.info("Parameters: %s", apply_tuning(model, model_args.tuning))
 
     pre = PreprocessConfig.from_processor(processor)
     inputs = build_split_inputs(data, pre, data_args, label_map, training_args.output_dir, seed=training_args.seed)
     train_set, eval_set = inputs.get("train"), inputs.get("validation")
-    split_sizes = {"train": data.num_train_examples, "validation": _size(data.validation), "test": _size(data.test)}
+    split_sizes = data.sizes
 
     card = CardInfo(
         base_model=model_args.model_name_or_path,
         dataset_name=data_args.dataset_name or Path(data.source).parent.name or data.source,
-        dataset_id=data_args.dataset_name if data_args.dataset_name and "/" in data_args.dataset_name else None,
-        labels=list(model.config.id2label[i] for i in range(model.config.num_labels)),
+        dataset_id=data_args.dataset_name,
+        labels=head_labels,
         tuning=model_args.tuning,
         train_examples=data.num_train_examples if data.num_train_examples is not None else "unknown",
-        eval_examples=len(data.validation) if isinstance(data.validation, Dataset) else "unknown",
+        eval_examples=data.sizes.get("validation") or "unknown",
     )
     trainer = ImageClassificationTrainer(
         model=model, args=training_args, train_dataset=train_set if training_args.do_train else None,
@@ -142,7 +128,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
         write_report(training_args.output_dir, report)
     check_share(report, data_args.max_skipped_share)
 
-    if trainer.is_world_process_zero() and (training_args.do_train or training_args.do_eval):
+    if trainer.is_world_process_zero() and training_args.do_train:  # an evaluation-only run made no model
         trainer.create_model_card()
     if training_args.push_to_hub and training_args.do_train:
         trainer.push_to_hub(commit_message="hf-resnet: fine-tuned model, processor, metrics and card")

@@ -6,7 +6,6 @@ ANY_LINES = r"(?:.*\n)*?"
 MODEL_CARD_PATTERN = re.compile(
     "".join([
         r"\A---\n",
-        ANY_LINES, r"base_model: (?P<base_model>\S+)\n",
         ANY_LINES, r"library_name: transformers\n",
         ANY_LINES, r"pipeline_tag: image-classification\n",
         ANY_LINES, r"model-index:\n",

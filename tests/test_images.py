@@ -215,3 +215,27 @@ def test_eval_transform_on_tiny_and_extreme_aspect(size):
     mean, std = torch.tensor(processor.image_mean), torch.tensor(processor.image_std)
     expected = (torch.tensor(colour) / 255.0 - mean) / std  # a flat colour stays flat through resize + crop
     assert torch.allclose(x, expected[:, None, None].expand_as(x), atol=1e-4)
+
+
+def test_palette_with_transparency_in_the_palette_is_composited_on_white():
+    rgba = np.zeros((2, 4, 4), np.uint8)
+    rgba[..., 0] = 255  # red everywhere, fully transparent
+    palette_image = Image.fromarray(rgba, "RGBA").quantize()  # alpha lives in the palette, not in info
+    assert decode_image(palette_image).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_max_pixels_is_the_only_size_limit(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("L", (100, 100), 9).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow would refuse 10,000 pixels by itself
+    assert decode_image(str(path), max_pixels=None).size == (100, 100)
+    assert decode_image(str(path), max_pixels=20_000).size == (100, 100)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # Pillow's own setting is left as it was
+    with pytest.raises(ImageDecodeError, match="10,000 pixels"):
+        decode_image(str(path), max_pixels=5_000)
+
+
+def test_undecodable_bytes_message_names_the_file():
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image({"bytes": b"not an image", "path": "photos/cat.jpg"})
+    assert "photos/cat.jpg" in str(info.value) and "BytesIO" not in str(info.value)

@@ -32,7 +32,8 @@ def test_card_has_required_sections_and_metrics():
     text = card_text()
     match = MODEL_CARD_PATTERN.match(text)
     assert match, text
-    assert match["base_model"] == "microsoft/resnet-50"
+    metadata = yaml.safe_load(text.split("---")[1])
+    assert metadata["base_model"] == "microsoft/resnet-50"
     assert match["repo"] == "me/resnet-50-ants"
     assert float(match["accuracy"]) == float(match["table_accuracy"]) == 0.9215
     assert match["learning_rate"] == "0.001"
@@ -85,4 +86,6 @@ def test_push_to_hub_uploads_model_processor_metrics_and_card(tmp_path, colour_f
     assert match, final["card"]
     results = json.loads((out / "all_results.json").read_text())
     assert float(match["accuracy"]) == round(results["eval_accuracy"], 4)
-    assert match["base_model"] == str(ckpt)
+    metadata = yaml.safe_load(final["card"].split("---")[1])
+    assert "base_model" not in metadata and "datasets" not in metadata  # local paths are not Hub ids
+    assert "ckpt (a local checkpoint) fine-tuned" in final["card"]
