@@ -83,14 +83,14 @@ def resume_checkpoint(training_args, labels: list[str] | None = None) -> str | N
         )
     if found is None:
         return None
+    if labels is not None:
+        check_labels(found, labels)
     state = json.loads((Path(found) / "trainer_state.json").read_text())
     if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
         raise ConfigError(
             f"{training_args.output_dir} already holds a finished run ({Path(found).name} is its last step). Use a "
             "new `output_dir`, or `--resume_from_checkpoint false` to train again from scratch over it."
         )
-    if labels is not None:
-        check_labels(found, labels)
     return found
 
 

@@ -173,6 +173,19 @@ class FinetuneTrainingArguments(TrainingArguments):
         # the Trainer only treats them as one job (DDP, data split per process) when told it runs on the CPU.
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
+        self._check_precision()
         if self.on_nonfinite_loss not in ("stop", "skip"):
             raise ConfigError(f"`on_nonfinite_loss` must be 'stop' or 'skip', got {self.on_nonfinite_loss!r}.")
         super().__post_init__()
+
+    def _check_precision(self) -> None:
+        """fp16/bf16 that this machine cannot run: one message with the fix, not the Trainer's traceback."""
+        gpu = torch.cuda.is_available()
+        if self.fp16 and (self.use_cpu or not gpu):
+            raise ConfigError("`fp16: true` needs a CUDA GPU and none is in use here; set `fp16: false` "
+                              "(on a CPU with bf16 support, `bf16: true` with `use_cpu: true` also works).")
+        if self.bf16 and gpu and not self.use_cpu and not torch.cuda.is_bf16_supported():
+            raise ConfigError("`bf16: true` but this GPU has no bf16 (it needs Ampere or newer); use `fp16: true`.")
+        if self.bf16 and not gpu and not self.use_cpu:
+            raise ConfigError("`bf16: true` but there is no GPU; set `bf16: false`, or `use_cpu: true` to run bf16 "
+                              "autocast on the CPU (fast only on CPUs with AMX/AVX512-BF16).")

@@ -83,10 +83,12 @@ def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
             raw = load_dataset(
                 args.dataset_name, args.dataset_config_name, token=token, cache_dir=cache_dir, streaming=args.streaming
             )
-        except datasets.exceptions.DatasetNotFoundError as err:
+        except (datasets.exceptions.DatasetNotFoundError, ConnectionError, FileNotFoundError, OSError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise DataError(
-                f"Dataset {args.dataset_name!r} could not be found or is gated ({err}). Check the id; for gated "
-                "datasets (ILSVRC/imagenet-1k) accept its terms on the Hub and pass `token` or run `hf auth login`."
+                f"Dataset {args.dataset_name!r} could not be loaded ({type(err).__name__}: {first}). Check the id and "
+                "the network (or HF_DATASETS_OFFLINE=1 with a cached copy); for gated datasets (ILSVRC/imagenet-1k) "
+                "accept the terms on its Hub page, then pass `token` or run `hf auth login`."
             ) from err
         sizes = {}
         for name, split in raw.items():

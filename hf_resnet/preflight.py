@@ -6,13 +6,54 @@ Each failure is a `DataError` that names the field to change; cheaper checks liv
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
 from datasets import Dataset
 
+from .configs import ConfigError
 from .data import DataError, ImageData
 from .modeling import pretrained_label_map
 
+MIN_FREE_BYTES = 2 * 2**30  # room for a few ResNet-50 checkpoints (~300 MB each with optimizer state)
+
+
+def check_output_dir(output_dir: str, min_free: int = MIN_FREE_BYTES) -> None:
+    """Writable and with room for checkpoints: found out now, not at the first save hours later."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"`output_dir` {output_dir!r} is not writable ({err.strerror or err}); choose another "
+                          "folder or fix its permissions.") from err
+    free = shutil.disk_usage(path).free
+    if free < min_free:
+        raise ConfigError(f"Only {free / 2**30:.1f} GiB free under `output_dir` {output_dir!r}; checkpoints need about "
+                          f"{min_free / 2**30:.0f} GiB. Free some space, choose another folder, or lower "
+                          "`save_total_limit` (HF_RESNET_MIN_FREE_GB sets this threshold).")
+
+
+def check_label_values(dataset, label_column: str, num_labels: int, split: str) -> None:
+    """Every label a class id (or -1 for unlabeled); a map-style column is read without decoding images."""
+    if not isinstance(dataset, Dataset) or label_column not in dataset.column_names:
+        return
+    values = np.asarray(dataset.select_columns([label_column])[:][label_column])  # labels only: no image decoded
+    if len(values) and (values.max() >= num_labels or values.min() < -1):
+        raise DataError(f"The {split} split has labels outside 0..{num_labels - 1} (min {values.min()}, max "
+                        f"{values.max()}) in `{label_column}`; fix the data or set `label_column_name` to the right column.")
+
 
 def check_run(data: ImageData, training_args, model_args, checkpoint_config) -> None:
+    if training_args.should_save:
+        min_free = float(os.environ.get("HF_RESNET_MIN_FREE_GB", MIN_FREE_BYTES / 2**30)) * 2**30
+        check_output_dir(training_args.output_dir, int(min_free))
+    for split in ("train", "validation"):
+        check_label_values(getattr(data, split), data.label_column, len(data.labels), split)
     if training_args.do_train and data.train is None:
         raise DataError("`do_train` is set but there is no train split; set `train_dir` (or a dataset with one) or `do_train: false`.")
     if training_args.do_eval and data.validation is None:

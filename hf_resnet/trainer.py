@@ -85,6 +85,9 @@ class ImageClassificationTrainer(Trainer):
         labels = inputs.get("labels")
         if model.training and labels is not None and bool((labels == IGNORE_INDEX).all()):
             return self._zero_loss(model)  # every image in this batch was skipped
+        skipping = model.training and self.args.on_nonfinite_loss == "skip"
+        # BatchNorm updates its running statistics during the forward pass: keep a copy to undo a skipped batch.
+        buffers = [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()] if skipping else []
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         if not model.training:
             return result
@@ -95,7 +98,10 @@ class ImageClassificationTrainer(Trainer):
         if bad.item() == 0:
             return result
         step = self.state.global_step + 1
-        if self.args.on_nonfinite_loss == "skip":
+        if skipping:
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
             self.nonfinite_steps.append(step)
             logger.warning("Non-finite loss at step %d: batch skipped. Images: %s", step, ", ".join(self._batch_files()))
             zero = self._zero_loss(model)

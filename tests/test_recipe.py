@@ -76,15 +76,55 @@ def test_recipe_streaming(tmp_path, colour_folders):
 
 
 @pytest.mark.slow
-def test_evaluate_only_keeps_the_pretrained_head(tmp_path, colour_folders):
-    from test_modeling import save_checkpoint
+def test_evaluate_only_keeps_the_pretrained_head_and_maps_labels_by_name(tmp_path, colour_folders):
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    ckpt = save_checkpoint(tmp_path / "ckpt", ["red", "green", "blue"])  # the dataset's classes, another order
-    out, metrics = run_recipe(tmp_path, colour_folders, model_name_or_path=str(ckpt), config_name=None,
+    trained, trained_metrics = run_recipe(tmp_path / "trained", colour_folders)
+    assert trained_metrics["eval_accuracy"] >= 0.8
+    # the same model, its head rows and class names in another order (as a Hub checkpoint might list them)
+    model = AutoModelForImageClassification.from_pretrained(trained)
+    names = [model.config.id2label[i] for i in range(3)]  # sorted: blue, green, red
+    order = [2, 0, 1]
+    with torch.no_grad():
+        model.classifier[1].weight.copy_(model.classifier[1].weight[order].clone())
+        model.classifier[1].bias.copy_(model.classifier[1].bias[order].clone())
+    model.config.id2label = {i: names[j] for i, j in enumerate(order)}
+    model.config.label2id = {name: i for i, name in model.config.id2label.items()}
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    AutoImageProcessor.from_pretrained(trained).save_pretrained(ckpt)
+
+    out, metrics = run_recipe(tmp_path / "eval", colour_folders, model_name_or_path=str(ckpt), config_name=None,
                               do_train="false")
-    accuracy, count = pipeline_accuracy(ckpt, colour_folders["validation"])  # the checkpoint as it was saved
-    assert metrics["eval_samples"] == count == 24
+    assert metrics["eval_samples"] == 24
+    assert metrics["eval_accuracy"] == pytest.approx(trained_metrics["eval_accuracy"], abs=1e-9)  # labels mapped
+    accuracy, _ = pipeline_accuracy(ckpt, colour_folders["validation"])
     assert metrics["eval_accuracy"] == pytest.approx(accuracy, abs=1e-9)
+    assert not (out / "README.md").exists()  # no model was made: no card
+
+
+@pytest.mark.slow
+def test_labeled_test_folder_with_some_classes_is_scored_by_name(tmp_path, colour_folders):
+    import shutil
+
+    test = tmp_path / "test"
+    for name in ("red", "blue"):  # its own class list is [blue, red]; the model's is [blue, green, red]
+        shutil.copytree(colour_folders["validation"] / name, test / name)
+    out, metrics = run_recipe(tmp_path, colour_folders, test_dir=test)
+    assert metrics["test_samples"] == 16
+    assert metrics["test_accuracy"] >= 0.8  # red scored as red, not as green
+    assert not (out / "predictions.csv").exists()
+
+
+def test_test_folder_with_unknown_classes_is_refused(tmp_path, colour_folders):
+    from conftest import make_image_folder
+
+    from hf_resnet.data import DataError
+
+    test = make_image_folder(tmp_path / "test", 2, seed=5, classes={"cyan": (0, 200, 200), "grey": (90, 90, 90)})
+    with pytest.raises(DataError, match="not training classes: \\['cyan', 'grey'\\]"):
+        run_recipe(tmp_path, colour_folders, test_dir=test)
 
 
 def test_evaluate_only_refuses_a_replaced_head(tmp_path, colour_folders):
