@@ -19,10 +19,10 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import IMAGE_EXTENSIONS, VALIDATION_SPLITS
-from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, _own_size_limit, decode_image
+from .images import (
+    DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VALIDATION_SPLITS, ImageDecodeError, _own_size_limit, decode_image,
+)
 
-SPLIT_NAMES = ("train", *VALIDATION_SPLITS, "test")
 EXTREME_ASPECT = 10.0  # longer side / shorter side
 PROGRESS_MIN_FILES = 500  # show a progress bar from this many image files on
 
@@ -31,29 +31,25 @@ class AuditError(ValueError):
     """The folder cannot be audited (missing, not a folder, no images); the message names the fix."""
 
 
-def _hidden(rel: Path) -> bool:
-    """Hidden files and folders (`.DS_Store`, `._x.jpg`, `.ipynb_checkpoints/`): `datasets` skips them too."""
-    return any(part.startswith(".") for part in rel.parts)
-
-
 def _find_splits(root: Path) -> tuple[dict[str, Path], list[str]]:
     """-> (split name -> folder, names of other sub-folders ignored); a bare class tree is the split "train"."""
+    validation_names = VALIDATION_SPLITS
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    splits = {p.name: p for p in folders if p.name in SPLIT_NAMES}
-    if "train" not in splits and not any(name in splits for name in VALIDATION_SPLITS):
+    splits = {p.name: p for p in folders if p.name in ("train", *validation_names, "test")}
+    if "train" not in splits and not any(name in splits for name in validation_names):
         return {"train": root}, []
     return splits, [p.name for p in folders if p.name not in splits]
 
 
 def _scan(root: Path, splits: dict[str, Path]) -> tuple[list[tuple[str, str | None, Path]], Counter, Counter]:
     """-> ([(split, class or None, file)], non-image files per split, hidden entries per split)."""
-    files, non_image, hidden = [], Counter(), Counter()
+    files, non_image, hidden, extensions = [], Counter(), Counter(), IMAGE_EXTENSIONS
     for split, folder in splits.items():
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder)
-            if _hidden(rel):
+            if any(part.startswith(".") for part in rel.parts):  # .DS_Store, ._x.jpg: `datasets` skips them too
                 hidden[split] += path.is_file()
-            elif path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            elif path.is_file() and path.suffix.lower() in extensions:
                 files.append((split, rel.parts[0] if len(rel.parts) > 1 else None, path))
             elif path.is_file():
                 non_image[split] += 1
@@ -147,7 +143,7 @@ def _problems_and_warnings(report: dict) -> tuple[list[str], list[str]]:
                 problems.append(f"{split}: class(es) missing from train: {', '.join(info['missing_from_train'])}")
         if info["unlabeled"] and info["classes"]:
             warns.append(f"{split}: {info['unlabeled']} file(s) directly in the split folder, outside any class "
-                         f"(an image folder would label them {Path(info['folder']).name!r}); move or remove them")
+                         f"(an image folder would label them {Path(report['data'], info['folder']).name!r}); move them")
         if info["extreme_aspect"]:
             warns.append(f"{split}: {len(info['extreme_aspect'])} image(s) with aspect ratio over {EXTREME_ASPECT:g}:1")
     if train is not None and len(train) < 2:

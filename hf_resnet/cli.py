@@ -52,7 +52,7 @@ def _audit(args: argparse.Namespace) -> int:
     try:
         target = _write_json(report, args.data, args.json)
     except OSError as err:
-        print(f"hf-resnet audit: cannot write the JSON report ({err}); pass --json to a writable path.", file=sys.stderr)
+        print(f"hf-resnet audit: cannot write the JSON report ({err}); pass --json WRITABLE_PATH.", file=sys.stderr)
         return 2
     print(f"JSON report: {target}")
     return 0 if report["ok"] else 1
@@ -61,16 +61,14 @@ def _audit(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-resnet", description="Fine-tune and check HF ResNet image classifiers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    audit = commands.add_parser(
-        "audit", help="check an image-folder dataset before training",
-        description="Check image folders (DATA/train, DATA/val|validation|valid, DATA/test, one sub-folder per class; "
-        "or a single class-folder tree) for undecodable files, duplicates, leaks between splits, missing or tiny "
-        "classes, odd modes and sizes. Exit code 0: no problems, 1: problems, 2: bad usage.",
-    )
+    audit = commands.add_parser("audit", help="check an image-folder dataset before training", description=(
+        "Check DATA (train/, val/|validation/|valid/, test/ with one sub-folder per class, or one class-folder tree) "
+        "for undecodable files, duplicates, leaks, missing or tiny classes, modes and sizes. Exit 0: no problems, "
+        "1: problems, 2: bad usage."))
     audit.add_argument("data", metavar="DATA", help="the dataset folder")
     audit.add_argument("--json", metavar="PATH", help="where to write the JSON report (default: DATA/audit.json)")
     audit.add_argument("--max-image-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
-                       help=f"refuse images over N pixels, as training does (default {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
+                       help=f"refuse images over N pixels as training does (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     audit.set_defaults(run=_audit)
     return parser
 

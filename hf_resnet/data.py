@@ -18,13 +18,12 @@ from datasets import Image as ImageFeature
 
 from .bundled import digits_image_folder, is_bundled
 from .configs import DataArguments
+from .images import IMAGE_EXTENSIONS, VALIDATION_SPLITS
 
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "img")
 LABEL_COLUMNS = ("label", "labels")
-VALIDATION_SPLITS = ("validation", "valid", "val")
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 class DataError(ValueError):
@@ -51,19 +50,41 @@ class ImageData:
         return isinstance(self.train if self.train is not None else self.validation, IterableDataset)
 
 
+def _images(folder: str) -> list[Path]:
+    return [p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+            and p.is_file()]
+
+
 def _count_images(folder: str) -> int:
-    return sum(1 for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return len(_images(folder))
 
 
-def _check_folder(path: str, name: str) -> None:
+def _check_folder(path: str, name: str, labeled: bool = True) -> int:
+    """The folder exists and holds images; a labeled one has every image directly in a class sub-folder
+    (`imagefolder` would otherwise drop all labels, or name a class after the folder or a nested one).
+    Returns the number of images."""
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"`{name}` {path!r} is not a folder; point it at a folder with one sub-folder per class.")
-    if _count_images(path) == 0:
+    images = _images(path)
+    if not images:
         raise DataError(
             f"`{name}` {path!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
             "put them in one sub-folder per class, e.g. train/cat/1.jpg."
         )
+    depths = {len(p.relative_to(folder).parts) for p in images}
+    if labeled and depths != {2}:
+        loose = [p for p in images if len(p.relative_to(folder).parts) != 2]
+        raise DataError(
+            f"`{name}` {path!r} has {len(loose)} image(s) not directly in a class sub-folder (e.g. "
+            f"{loose[0].relative_to(folder)}); put each image in <{name}>/<class>/, one level deep."
+        )
+    if name == "train_dir" and len({p.parent for p in images}) < 2:
+        raise DataError(
+            f"`train_dir` {path!r} has 1 class sub-folder ({images[0].parent.name!r}); a classifier needs at least 2 "
+            "classes: add a sub-folder per class."
+        )
+    return len(images)
 
 
 def _folder_files(path: str) -> str:
@@ -98,10 +119,9 @@ def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
     files, sizes = {}, {}
     for split, folder, name in (("train", train_dir, "train_dir"), ("validation", validation_dir, "validation_dir")):
         if folder:
-            _check_folder(folder, name)
+            sizes[split] = _check_folder(folder, name)
             files[split] = _folder_files(folder)
-            sizes[split] = _count_images(folder)
-    # drop_labels=False: one class sub-folder is one class (then rejected below as too few), not "no labels"
+    # drop_labels=False: labels from the class sub-folders even when there is only one (checked above)
     raw = (
         load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir, drop_labels=False)
         if files
@@ -111,10 +131,10 @@ def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
 
 
 def _load_test_dir(args: DataArguments, cache_dir: str | None):
-    _check_folder(args.test_dir, "test_dir")
+    size = _check_folder(args.test_dir, "test_dir", labeled=False)
     files = {"test": _folder_files(args.test_dir)}
     test = load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir)["test"]
-    return test, _count_images(args.test_dir)
+    return test, size
 
 
 def _test_dir_labels(test, label_column: str, labels: list[str]) -> tuple[list[int] | None, str | None]:

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, ImageOps
 
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+VALIDATION_SPLITS = ("validation", "valid", "val")  # split names taken as validation, in this order
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (~0.36 GB as RGBA)
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 

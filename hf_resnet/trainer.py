@@ -116,7 +116,10 @@ class ImageClassificationTrainer(Trainer):
         if self.optimizer is None:
             opt_model = self.model if model is None else model
             groups = param_groups(opt_model, self.args.learning_rate, self.args.weight_decay, self.head_learning_rate)
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            if self.optimizer_cls_and_kwargs is not None:
+                optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+            else:
+                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 

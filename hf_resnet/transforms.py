@@ -55,7 +55,11 @@ class PreprocessConfig:
         interpolation = resample if isinstance(resample, InterpolationMode) else _PIL_TO_TV[int(resample)]
         mean = tuple(float(m) for m in processor.image_mean)
         std = tuple(float(s) for s in processor.image_std)
+        if getattr(processor, "do_normalize", True) is False:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         rescale = float(getattr(processor, "rescale_factor", 1 / 255))
+        if getattr(processor, "do_rescale", True) is False:
+            rescale = 1.0
         crop_pct = getattr(processor, "crop_pct", None)
         if "shortest_edge" in size and crop_pct is not None:  # ConvNext / microsoft/resnet-* processors
             edge = int(size["shortest_edge"])

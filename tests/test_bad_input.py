@@ -257,3 +257,14 @@ def test_streamed_split_without_validation_never_overlaps(tmp_path):
         kept = keys(data.train)
         assert kept.isdisjoint(held) and len(kept | held) == 60
     assert 5 <= len(held) <= 25  # about a quarter
+
+
+@pytest.mark.parametrize("where", ["loose.png", "red/nested/deep.png"])
+def test_images_outside_class_folders_are_refused(tmp_path, where):
+    from PIL import Image as PILImage
+
+    train = make_image_folder(tmp_path / "train", 2, 0)
+    (train / where).parent.mkdir(parents=True, exist_ok=True)
+    PILImage.new("RGB", (8, 8)).save(train / where)
+    with pytest.raises(DataError, match="not directly in a class sub-folder.*one level deep"):
+        load_image_data(DataArguments(train_dir=str(train)))

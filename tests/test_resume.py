@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from hf_resnet.checkpoints import last_complete_checkpoint
 
 
-def command(out, folders, workers):
-    args = recipe_args(out, folders, num_train_epochs="3", save_strategy="steps", save_steps="4",
+def command(out, folders, workers, streaming="false"):
+    args = recipe_args(out, folders, num_train_epochs="3", save_strategy="steps", save_steps="4", streaming=streaming,
                        save_total_limit="2", dataloader_num_workers=str(workers), logging_steps="1")
     return [sys.executable, str(REPO / "recipes" / "finetune.py"), *args]
 
@@ -57,6 +57,29 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, colour_folder
     results_b = json.loads((killed / "all_results.json").read_text())
     assert results_a["eval_accuracy"] == results_b["eval_accuracy"]
     assert results_a["eval_loss"] == pytest.approx(results_b["eval_loss"], abs=0)
+
+
+@pytest.mark.slow
+def test_streamed_run_resumes_after_sigkill(tmp_path, colour_folders):
+    """Streamed data resumes at the same step of the same (seeded) stream; augmentation draws may differ, so
+    weights are close, not equal (measured: both runs reach eval_accuracy 1.0)."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    proc = run(command(reference, colour_folders, 0, streaming="true"))
+    assert proc.wait(timeout=600) == 0
+    proc = run(command(killed, colour_folders, 0, streaming="true"))
+    while not (killed / "checkpoint-12" / "trainer_state.json").exists():
+        assert proc.poll() is None, "run ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc = run(command(killed, colour_folders, 0, streaming="true"))
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    assert "Resuming from" in output
+    steps = [json.loads((d / "trainer_state.json").read_text())["global_step"] for d in (reference, killed)]
+    assert steps == [27, 27]
+    accuracy = [json.loads((d / "all_results.json").read_text())["eval_accuracy"] for d in (reference, killed)]
+    assert abs(accuracy[0] - accuracy[1]) <= 0.1
 
 
 def test_partial_checkpoint_is_set_aside(tmp_path):
