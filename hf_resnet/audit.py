@@ -81,11 +81,13 @@ def _split_report(split: str, folder: Path, root: Path, entries: list, non_image
     """entries: [(class or None, file, info)] of one split."""
     class_folders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     classes = dict.fromkeys(class_folders, 0)
-    undecodable, modes, sizes, extreme, unlabeled = [], Counter(), [], [], 0
+    undecodable, modes, sizes, extreme, unlabeled, nested = [], Counter(), [], [], 0, []
     for label, path, info in entries:
         name = path.relative_to(root).as_posix()
         if label is None:
             unlabeled += 1
+        if len(path.relative_to(folder).parts) > 2:  # class/sub/x.jpg: an image folder would label it "sub"
+            nested.append(name)
         if "reason" in info:
             undecodable.append({"file": name, "reason": info["reason"]})
             continue
@@ -105,6 +107,7 @@ def _split_report(split: str, folder: Path, root: Path, entries: list, non_image
         "imbalance_ratio": round(max(counts) / min(counts), 2) if counts and min(counts) > 0 else None,
         "small_classes": sorted(name for name, n in classes.items() if n < 2),
         "unlabeled": unlabeled,
+        "nested": nested,
         "undecodable": undecodable,
         "modes": dict(modes.most_common()),
         "width": _stats([w for w, _ in sizes]),
@@ -141,7 +144,13 @@ def _problems_and_warnings(report: dict) -> tuple[list[str], list[str]]:
             info["missing_from_train"] = missing
             if info["missing_from_train"]:
                 problems.append(f"{split}: class(es) missing from train: {', '.join(info['missing_from_train'])}")
-        if info["unlabeled"] and info["classes"]:
+        if info["nested"]:
+            problems.append(f"{split}: {len(info['nested'])} image(s) below a class sub-folder (e.g. "
+                            f"{info['nested'][0]}); training needs <split>/<class>/<image>")
+        if info["unlabeled"] and info["classes"] and split != "test":
+            problems.append(f"{split}: {info['unlabeled']} file(s) directly in the split folder, outside any class; "
+                            "training refuses them: move them into class sub-folders")
+        elif info["unlabeled"] and info["classes"]:
             warns.append(f"{split}: {info['unlabeled']} file(s) directly in the split folder, outside any class "
                          f"(an image folder would label them {Path(report['data'], info['folder']).name!r}); move them")
         if info["extreme_aspect"]:

@@ -48,6 +48,11 @@ def last_complete_checkpoint(output_dir: str | Path, needs_optimizer: bool = Tru
     for step, folder in found:
         if is_complete(folder, needs_optimizer):
             return str(folder)
+        if needs_optimizer and is_complete(folder, needs_optimizer=False):
+            raise ConfigError(
+                f"{folder} holds weights and trainer state but no optimizer (saved with `save_only_model: true`?). Pass "
+                "`save_only_model: true` to resume from the weights alone, or `resume_from_checkpoint: false`."
+            )
         if set_aside:
             target = output_dir / f"incomplete-{folder.name}"
             suffix = 1
@@ -60,6 +65,7 @@ def last_complete_checkpoint(output_dir: str | Path, needs_optimizer: bool = Tru
 
 
 NO_RESUME = ("false", "no", "none", "")
+FINISHED_MARKER = "train_results.json"  # written by the recipe once training, saving and state are done
 
 
 def resume_checkpoint(training_args, labels: list[str] | None = None) -> str | None:
@@ -69,9 +75,12 @@ def resume_checkpoint(training_args, labels: list[str] | None = None) -> str | N
     killed run); a path -> that one; `false` -> start afresh. A finished run is not silently re-run.
     """
     value = training_args.resume_from_checkpoint
+    if isinstance(value, bool):  # YAML's `resume_from_checkpoint: false`
+        value = str(value)
     if not training_args.do_train or (isinstance(value, str) and value.strip().lower() in NO_RESUME):
         return None
-    if value is not None and value.strip().lower() not in ("true", "auto"):
+    explicit = value is not None and value.strip().lower() not in ("true", "auto")
+    if explicit:
         if not is_complete(value, needs_optimizer=not training_args.save_only_model):
             raise ConfigError(f"`resume_from_checkpoint` {value!r} is not a complete checkpoint folder; point it at "
                               "a checkpoint-N folder, or set it to false to start afresh.")
@@ -81,15 +90,14 @@ def resume_checkpoint(training_args, labels: list[str] | None = None) -> str | N
             training_args.output_dir, needs_optimizer=not training_args.save_only_model,
             set_aside=training_args.process_index == 0,  # one process renames; the others only read
         )
-    if found is None:
-        return None
-    if labels is not None:
+    if found is not None and labels is not None:
         check_labels(found, labels)
-    state = json.loads((Path(found) / "trainer_state.json").read_text())
-    if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
+    finished = Path(training_args.output_dir) / FINISHED_MARKER
+    if not explicit and finished.is_file():
         raise ConfigError(
-            f"{training_args.output_dir} already holds a finished run ({Path(found).name} is its last step). Use a "
-            "new `output_dir`, or `--resume_from_checkpoint false` to train again from scratch over it."
+            f"{training_args.output_dir} already holds a finished run ({FINISHED_MARKER}). Use a new `output_dir`; "
+            "`--resume_from_checkpoint false` to train again from scratch over it; or `--resume_from_checkpoint "
+            "<output_dir>/checkpoint-N` to continue from a checkpoint (e.g. with more epochs)."
         )
     return found
 

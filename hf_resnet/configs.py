@@ -174,6 +174,9 @@ class FinetuneTrainingArguments(TrainingArguments):
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
         self._check_precision()
+        if self.dataloader_persistent_workers and self.dataloader_num_workers > 0:
+            raise ConfigError("`dataloader_persistent_workers: true` would keep each worker's first-epoch augmentation "
+                              "seed; leave it false (workers restart each epoch).")
         if self.on_nonfinite_loss not in ("stop", "skip"):
             raise ConfigError(f"`on_nonfinite_loss` must be 'stop' or 'skip', got {self.on_nonfinite_loss!r}.")
         super().__post_init__()

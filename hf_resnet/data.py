@@ -133,7 +133,9 @@ def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
 def _load_test_dir(args: DataArguments, cache_dir: str | None):
     size = _check_folder(args.test_dir, "test_dir", labeled=False)
     files = {"test": _folder_files(args.test_dir)}
-    test = load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir)["test"]
+    in_class_folders = all(len(p.relative_to(args.test_dir).parts) == 2 for p in _images(args.test_dir))
+    test = load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir,
+                        drop_labels=not in_class_folders)["test"]  # one class folder is still a label
     return test, size
 
 

@@ -11,6 +11,7 @@ used. Images over `max_pixels` (Pillow's decompression-bomb limit by default) ar
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from contextlib import contextmanager
@@ -60,7 +61,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def describe(value) -> str:
     """A file name for messages: the path when known, else '<bytes>'."""
     if isinstance(value, dict):
-        return value.get("path") or "<bytes>"
+        if value.get("path"):
+            return value["path"]
+        data = value.get("bytes") or b""
+        return f"<bytes sha1:{hashlib.sha1(data).hexdigest()[:12]}>"  # stable across workers, unlike an index
     if isinstance(value, str):
         return value
     return getattr(value, "filename", None) or "<image>"

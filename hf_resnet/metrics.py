@@ -37,6 +37,9 @@ def classification_metrics(topk_ids: np.ndarray, labels: np.ndarray, num_classes
     labels = np.asarray(labels)
     scored = labels != IGNORE_INDEX  # images that could not be decoded are listed in skipped_images.json instead
     topk_ids, labels = topk_ids[scored], labels[scored]
+    if len(labels) == 0:  # every image failed to decode: nothing to score (skipped_images.json says why)
+        names = ["accuracy", "precision_macro", "recall_macro", "f1_macro"] + (["top5_accuracy"] if num_classes > TOP_K else [])
+        return {"samples": 0, **{name: float("nan") for name in names}}
     if topk_ids.ndim == 1:
         topk_ids = topk_ids[:, None]
     predictions = topk_ids[:, 0]

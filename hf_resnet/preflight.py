@@ -34,8 +34,8 @@ def check_output_dir(output_dir: str, min_free: int = MIN_FREE_BYTES) -> None:
     free = shutil.disk_usage(path).free
     if free < min_free:
         raise ConfigError(f"Only {free / 2**30:.1f} GiB free under `output_dir` {output_dir!r}; checkpoints need about "
-                          f"{min_free / 2**30:.0f} GiB. Free some space, choose another folder, or lower "
-                          "`save_total_limit` (HF_RESNET_MIN_FREE_GB sets this threshold).")
+                          f"{min_free / 2**30:.0f} GiB. Free some space or choose another folder (HF_RESNET_MIN_FREE_GB sets "
+                          "this threshold, for small models).")
 
 
 def check_label_values(dataset, label_column: str, num_labels: int, split: str) -> None:

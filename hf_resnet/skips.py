@@ -43,6 +43,13 @@ class SkipRecorder:
             handle.write(line + "\n")
 
 
+def start_afresh(output_dir: str) -> None:
+    """A run that does not resume keeps the previous run's list beside it, not mixed into its own."""
+    path = Path(output_dir) / JSONL_NAME
+    if path.is_file():
+        os.replace(path, path.with_suffix(".previous.jsonl"))
+
+
 def read_skips(output_dir: str) -> list[dict]:
     path = Path(output_dir) / JSONL_NAME
     if not path.is_file():
@@ -60,7 +67,7 @@ def build_report(output_dir: str, split_sizes: dict[str, int | None]) -> dict:
     """Distinct skipped images per split (a file skipped every epoch counts once), per class and per reason."""
     distinct: dict[str, dict] = defaultdict(dict)
     for row in read_skips(output_dir):
-        key = row["file"] if row.get("file") not in (None, "<bytes>") else row.get("index")
+        key = row["file"] if row.get("file") else row.get("index")
         distinct[row["split"]][key] = row
     report = {}
     for split, rows in distinct.items():
@@ -103,7 +110,7 @@ class SkippedImagesCallback(TrainerCallback):
         report = build_report(self.output_dir, self.split_sizes)
         if state.is_world_process_zero:
             write_report(self.output_dir, report)
-        check_share(report, self.max_share)
+        check_share({k: v for k, v in report.items() if k != "test"}, self.max_share)  # test skips: in predictions
 
     def on_evaluate(self, args, state, control, **kwargs):
         self._check(state)

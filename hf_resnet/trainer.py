@@ -63,6 +63,7 @@ class ImageClassificationTrainer(Trainer):
         self.head_learning_rate = head_learning_rate
         self.describe_examples = describe_examples  # example ids -> file names, for messages
         self._example_ids = None
+        self._skip_update = False
         self.nonfinite_steps: list[int] = []
 
     def _prepare_inputs(self, inputs):
@@ -82,35 +83,40 @@ class ImageClassificationTrainer(Trainer):
         return self.describe_examples(ids)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.get("labels")
-        if model.training and labels is not None and bool((labels == IGNORE_INDEX).all()):
-            return self._zero_loss(model)  # every image in this batch was skipped
-        skipping = model.training and self.args.on_nonfinite_loss == "skip"
-        # BatchNorm updates its running statistics during the forward pass: keep a copy to undo a skipped batch.
-        buffers = [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()] if skipping else []
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         if not model.training:
-            return result
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        labels = inputs.get("labels")
+        skipping = self.args.on_nonfinite_loss == "skip"
+        # BatchNorm updates its running statistics during the forward pass: keep a copy to undo a dropped batch.
+        buffers = [(b, b.detach().clone()) for b in model.buffers()] if skipping else []
+        # Every process runs the forward pass and the reduce below, whatever its batch holds: a process that
+        # returned early would leave the others waiting in a collective.
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = result[0] if return_outputs else result
-        bad = torch.tensor(0.0 if bool(torch.isfinite(loss).all()) else 1.0, device=loss.device)
+        all_skipped = labels is not None and bool((labels == IGNORE_INDEX).all())  # every image failed to decode
+        flags = torch.tensor([0.0 if all_skipped or bool(torch.isfinite(loss).all()) else 1.0], device=loss.device)
         if self.args.world_size > 1:  # every process takes the same decision, so none waits on another
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        if bad.item() == 0:
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        if flags.item() == 0:
+            if all_skipped:  # the loss of an all-ignored batch is 0/0; it adds nothing instead
+                zero = self._zero_loss(model)
+                return (zero, result[1]) if return_outputs else zero
             return result
         step = self.state.global_step + 1
-        if skipping:
-            with torch.no_grad():
-                for buffer, saved in buffers:
-                    buffer.copy_(saved)
-            self.nonfinite_steps.append(step)
-            logger.warning("Non-finite loss at step %d: batch skipped. Images: %s", step, ", ".join(self._batch_files()))
-            zero = self._zero_loss(model)
-            return (zero, result[1]) if return_outputs else zero
-        raise NonFiniteLossError(
-            f"The training loss is {loss.item()} at step {step} (global step {self.state.global_step} done). Batch "
-            f"images: {', '.join(self._batch_files()) or 'unknown'}. Lower `learning_rate`, check those images, or "
-            "set `on_nonfinite_loss: skip` to drop such batches. The last checkpoint in output_dir is intact."
-        )
+        if not skipping:
+            raise NonFiniteLossError(
+                f"The training loss is {loss.item()} at step {step} (global step {self.state.global_step} done). Batch "
+                f"images: {', '.join(self._batch_files()) or 'unknown'}. Lower `learning_rate`, check those images, "
+                "or set `on_nonfinite_loss: skip` to drop such updates. The last checkpoint in output_dir is intact."
+            )
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        self._skip_update = True  # the optimizer step of this update is not taken (see create_optimizer)
+        self.nonfinite_steps.append(step)
+        logger.warning("Non-finite loss at step %d: update skipped. Images: %s", step, ", ".join(self._batch_files()))
+        zero = self._zero_loss(model)
+        return (zero, result[1]) if return_outputs else zero
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -121,7 +127,20 @@ class ImageClassificationTrainer(Trainer):
             else:
                 optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            self._guard_optimizer_step(self.optimizer)
         return self.optimizer
+
+    def _guard_optimizer_step(self, optimizer) -> None:
+        """Skip the whole optimizer step (momentum, weight decay) of an update whose loss was not finite."""
+        step = optimizer.step
+
+        def guarded_step(*args, **kwargs):
+            if self._skip_update:
+                self._skip_update = False
+                return None
+            return step(*args, **kwargs)
+
+        optimizer.step = guarded_step
 
     @contextmanager
     def _dispatch(self, value: bool):

@@ -31,7 +31,9 @@ from hf_resnet.trainer import (
 )
 from hf_resnet.examples import build_split_inputs, file_names
 from hf_resnet.predictions import write_predictions
-from hf_resnet.skips import SkippedImagesCallback, TooManySkippedImages, build_report, check_share, write_report
+from hf_resnet.skips import (
+    SkippedImagesCallback, TooManySkippedImages, build_report, check_share, start_afresh, write_report,
+)
 from hf_resnet.transforms import PreprocessConfig
 
 logger = logging.getLogger("hf_resnet.finetune")
@@ -69,6 +71,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
     last_checkpoint = resume_checkpoint(training_args, head_labels)
     if last_checkpoint is not None:
         logger.info("Resuming from %s (model, optimizer, scheduler, RNG states, data position)", last_checkpoint)
+    elif training_args.process_index == 0:
+        start_afresh(training_args.output_dir)
     logger.info("Parameters: %s", apply_tuning(model, model_args.tuning))
 
     pre = PreprocessConfig.from_processor(processor)
@@ -126,7 +130,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
     report = build_report(training_args.output_dir, split_sizes)
     if trainer.is_world_process_zero():
         write_report(training_args.output_dir, report)
-    check_share(report, data_args.max_skipped_share)
+    check_share({k: v for k, v in report.items() if k != "test"}, data_args.max_skipped_share)  # test: in predictions
 
     if trainer.is_world_process_zero() and training_args.do_train:  # an evaluation-only run made no model
         trainer.create_model_card()

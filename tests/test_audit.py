@@ -96,7 +96,11 @@ def test_class_tree_small_class_unlabeled_and_pixel_limit(tmp_path):
     assert train["small_classes"] == ["b"] and train["unlabeled"] == 1
     assert "10,000 pixels is over the 5,000-pixel limit" in train["undecodable"][0]["reason"]
     assert any("fewer than 2 images: b" in p for p in report["problems"])
-    assert f"would label them {tmp_path.name!r}" in "\n".join(report["warnings"])
+    assert any("1 file(s) directly in the split folder" in p for p in report["problems"])  # training refuses it
+    nested = tmp_path / "a" / "sub"
+    nested.mkdir()
+    Image.new("RGB", (8, 8)).save(nested / "deep.png")
+    assert any("below a class sub-folder (e.g. a/sub/deep.png)" in p for p in audit_folder(tmp_path)["problems"])
 
 
 def test_bad_usage_raises(tmp_path):

@@ -103,3 +103,28 @@ def test_odd_valid_images_train_like_any_other(tmp_path):
     pictures = [dataset[i]["pixel_values"] for i in range(len(dataset))]
     assert records == [] and len(pictures) == 16
     assert all(p.ndim == 3 and p.shape[2] == 3 and p.dtype == np.uint8 for p in pictures)
+
+
+@pytest.mark.slow
+def test_all_bad_validation_stops_with_the_report_not_a_crash(tmp_path, colour_folders):
+    validation = make_image_folder(tmp_path / "validation", 2, seed=6)
+    for image in validation.rglob("*.png"):
+        image.write_bytes(b"not an image")
+    with pytest.raises(TooManySkippedImages, match="6 of 6 validation images"):
+        finetune.main(*parse_args(recipe_args(tmp_path / "out", {**colour_folders, "validation": validation},
+                                              num_train_epochs="1")))
+
+
+@pytest.mark.slow
+def test_a_fresh_run_does_not_inherit_the_previous_runs_skips(tmp_path, colour_folders):
+    validation = tmp_path / "validation"
+    shutil.copytree(colour_folders["validation"], validation)
+    broken = validation / "red" / "broken.png"
+    broken.write_bytes(b"")
+    out = tmp_path / "out"
+    finetune.main(*parse_args(recipe_args(out, {**colour_folders, "validation": validation}, num_train_epochs="1",
+                                          max_skipped_share="1")))
+    broken.unlink()  # fixed
+    finetune.main(*parse_args(recipe_args(out, {**colour_folders, "validation": validation}, num_train_epochs="1",
+                                          resume_from_checkpoint="false")))
+    assert not (out / "skipped_images.jsonl").exists() and (out / "skipped_images.previous.jsonl").exists()

@@ -1,6 +1,7 @@
 """Misconfiguration stops before training with one message naming the field and the fix (issue 3's list;
 unknown YAML keys, columns, batch size and unreachable Hub ids are in test_bad_input.py)."""
 
+import functools
 import json
 from types import SimpleNamespace
 
@@ -33,7 +34,7 @@ def test_unwritable_output_dir(tmp_path):
 
 
 def test_disk_without_room_for_checkpoints(tmp_path):
-    with pytest.raises(ConfigError, match="GiB free under `output_dir`.*save_total_limit"):
+    with pytest.raises(ConfigError, match="GiB free under `output_dir`.*another folder"):
         check_output_dir(str(tmp_path), min_free=2**62)
 
 
@@ -95,3 +96,50 @@ def test_nonfinite_loss(tmp_path, colour_folders, mode):
     from safetensors.torch import load_file
     weights = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert all(bool(t.float().isfinite().all()) for t in weights.values())
+
+
+def test_yaml_booleans_for_resume(tmp_path):
+    from hf_resnet.checkpoints import resume_checkpoint
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"train_dir: {tmp_path}\noutput_dir: {tmp_path / 'out'}\nresume_from_checkpoint: false\n")
+    *_, training_args = parse_args(["--config", str(recipe)])
+    assert resume_checkpoint(training_args) is None
+
+
+def test_persistent_workers_would_freeze_augmentation(tmp_path):
+    with pytest.raises(ConfigError, match="dataloader_persistent_workers"):
+        FinetuneTrainingArguments(output_dir=str(tmp_path), dataloader_num_workers=2, dataloader_persistent_workers=True)
+
+
+@pytest.mark.slow
+def test_skipped_nonfinite_update_leaves_weights_and_optimizer_untouched(tmp_path, colour_folders, monkeypatch):
+    """AdamW with weight decay: 3 steps whose 3rd loss is NaN end exactly where 2 clean steps end."""
+    from safetensors.torch import load_file
+    from transformers import ResNetForImageClassification
+
+    common = dict(num_train_epochs="1", lr_scheduler_type="constant", weight_decay="0.1", save_strategy="no",
+                  eval_strategy="no", on_nonfinite_loss="skip")
+    finetune.main(*parse_args(recipe_args(tmp_path / "two", colour_folders, max_steps="2", **common)))
+
+    forward, calls = ResNetForImageClassification.forward, []
+
+    @functools.wraps(forward)  # the Trainer reads `labels` from the signature
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if self.training:
+            calls.append(1)
+            if len(calls) == 3:
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(ResNetForImageClassification, "forward", poisoned)
+    finetune.main(*parse_args(recipe_args(tmp_path / "three", colour_folders, max_steps="3", **common)))
+    a, b = load_file(str(tmp_path / "two" / "model.safetensors")), load_file(str(tmp_path / "three" / "model.safetensors"))
+    assert [k for k in a if not torch_equal(a[k], b[k])] == []
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return bool(torch.equal(x, y))

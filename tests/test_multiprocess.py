@@ -29,3 +29,23 @@ def test_two_processes_share_the_work_and_score_each_example_once(tmp_path, colo
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_samples"] == 24  # every validation image once: no padding duplicates from the 2nd process
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_batch_of_only_broken_images_on_one_process_does_not_hang(tmp_path, colour_folders):
+    from conftest import make_image_folder
+
+    train = make_image_folder(tmp_path / "train", 4, seed=8)  # 12 images, 8 of them empty files
+    for image in sorted(train.rglob("*.png"))[:8]:
+        image.write_bytes(b"")
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"), str(REPO / "recipes" / "finetune.py"),
+        *recipe_args(out, {"train": train, "validation": colour_folders["validation"]}, num_train_epochs="1",
+                     per_device_train_batch_size="2", max_skipped_share="1"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((out / "skipped_images.json").read_text())["train"]["skipped"] == 8

@@ -135,3 +135,13 @@ def test_evaluate_only_refuses_a_replaced_head(tmp_path, colour_folders):
     ckpt = save_checkpoint(tmp_path / "ckpt", ["cat", "dog", "bird"])
     with pytest.raises(DataError, match="head would be replaced"):
         run_recipe(tmp_path, colour_folders, model_name_or_path=str(ckpt), config_name=None, do_train="false")
+
+
+@pytest.mark.slow
+def test_labeled_test_folder_with_one_class_is_scored(tmp_path, colour_folders):
+    import shutil
+
+    test = tmp_path / "test"
+    shutil.copytree(colour_folders["validation"] / "green", test / "green")
+    out, metrics = run_recipe(tmp_path, colour_folders, test_dir=test, num_train_epochs="1")
+    assert metrics["test_samples"] == 8
