@@ -49,3 +49,32 @@ def test_a_batch_of_only_broken_images_on_one_process_does_not_hang(tmp_path, co
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert json.loads((out / "skipped_images.json").read_text())["train"]["skipped"] == 8
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_multi_shard_stream_of_unknown_size(tmp_path, colour_folders):
+    """accelerate gives each process whole shards here (4 shards, 2 processes); steps come from max_steps and
+    evaluation every few steps, so no process waits at an 'epoch end' the other has not reached."""
+    from datasets import load_dataset
+
+    train = load_dataset("imagefolder", data_files={"train": str(colour_folders["train"] / "**")})["train"]
+    validation = load_dataset("imagefolder", data_files={"validation": str(colour_folders["validation"] / "**")})
+    (tmp_path / "pq" / "data").mkdir(parents=True)
+    for shard in range(4):
+        train.shard(4, shard).to_parquet(str(tmp_path / "pq" / "data" / f"train-{shard:05d}-of-00004.parquet"))
+    validation["validation"].to_parquet(str(tmp_path / "pq" / "data" / "validation-00000-of-00001.parquet"))
+    out = tmp_path / "out"
+    args = recipe_args(out, {"train": None, "validation": None}, streaming="true", max_steps="6",
+                       eval_strategy="steps", eval_steps="3", save_strategy="steps", save_steps="3")
+    args = [a for a in args if a not in ("--train_dir", "--validation_dir", "None")]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"), str(REPO / "recipes" / "finetune.py"),
+        *args, "--dataset_name", str(tmp_path / "pq"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert json.loads((out / "all_results.json").read_text())["eval_samples"] == 24
