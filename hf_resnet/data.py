@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, load_dataset
+from datasets import ClassLabel, Dataset, IterableDataset, load_dataset
 from datasets import Image as ImageFeature
 
 from .bundled import digits_image_folder, is_bundled
@@ -40,14 +40,10 @@ class ImageData:
     labels: list[str]
     test_has_labels: bool = False
     test_label_map: list[int] | None = None  # a test folder's own label ids -> training label ids
-    num_train_examples: int | None = None  # known even when streaming, if the source says so
     sizes: dict = field(default_factory=dict)  # split -> examples, where known (also when streaming)
     source: str = ""
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def streaming(self) -> bool:
-        return isinstance(self.train if self.train is not None else self.validation, IterableDataset)
 
 
 def _images(folder: str) -> list[Path]:
@@ -55,14 +51,10 @@ def _images(folder: str) -> list[Path]:
             and p.is_file()]
 
 
-def _count_images(folder: str) -> int:
-    return len(_images(folder))
-
-
-def _check_folder(path: str, name: str, labeled: bool = True) -> int:
+def _check_folder(path: str, name: str, labeled: bool = True) -> list[Path]:
     """The folder exists and holds images; a labeled one has every image directly in a class sub-folder
     (`imagefolder` would otherwise drop all labels, or name a class after the folder or a nested one).
-    Returns the number of images."""
+    Returns the images found."""
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"`{name}` {path!r} is not a folder; point it at a folder with one sub-folder per class.")
@@ -84,7 +76,7 @@ def _check_folder(path: str, name: str, labeled: bool = True) -> int:
             f"`train_dir` {path!r} has 1 class sub-folder ({images[0].parent.name!r}); a classifier needs at least 2 "
             "classes: add a sub-folder per class."
         )
-    return len(images)
+    return images
 
 
 def _folder_files(path: str) -> str:
@@ -119,7 +111,7 @@ def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
     files, sizes = {}, {}
     for split, folder, name in (("train", train_dir, "train_dir"), ("validation", validation_dir, "validation_dir")):
         if folder:
-            sizes[split] = _check_folder(folder, name)
+            sizes[split] = len(_check_folder(folder, name))
             files[split] = _folder_files(folder)
     # drop_labels=False: labels from the class sub-folders even when there is only one (checked above)
     raw = (
@@ -131,12 +123,12 @@ def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
 
 
 def _load_test_dir(args: DataArguments, cache_dir: str | None):
-    size = _check_folder(args.test_dir, "test_dir", labeled=False)
+    images = _check_folder(args.test_dir, "test_dir", labeled=False)
     files = {"test": _folder_files(args.test_dir)}
-    in_class_folders = all(len(p.relative_to(args.test_dir).parts) == 2 for p in _images(args.test_dir))
+    in_class_folders = all(len(p.relative_to(args.test_dir).parts) == 2 for p in images)
     test = load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir,
                         drop_labels=not in_class_folders)["test"]  # one class folder is still a label
-    return test, size
+    return test, len(images)
 
 
 def _test_dir_labels(test, label_column: str, labels: list[str]) -> tuple[list[int] | None, str | None]:
@@ -290,9 +282,6 @@ def load_image_data(
             test_has_labels = test_label_map is not None
         else:
             test_has_labels = _test_has_labels(test, label_column)
-    num_train = len(train) if isinstance(train, Dataset) else sizes.get("train")
-    if num_train is not None and args.max_train_samples is not None:
-        num_train = min(num_train, args.max_train_samples)
     if isinstance(train, IterableDataset):
         train = train.shuffle(seed=seed, buffer_size=args.shuffle_buffer_size)
 
@@ -300,12 +289,15 @@ def load_image_data(
         known = len(dataset) if isinstance(dataset, Dataset) else sizes.get(split_name)
         return min(known, limit) if known is not None and limit is not None else known
 
-    split_sizes = {"train": num_train, "validation": size("validation", validation, args.max_eval_samples),
-                   "test": size("test", test, args.max_predict_samples)}
+    split_sizes = {
+        "train": size("train", train, args.max_train_samples),
+        "validation": size("validation", validation, args.max_eval_samples),
+        "test": size("test", test, args.max_predict_samples),
+    }
     if "validation" not in sizes and not isinstance(validation, Dataset):
         split_sizes["validation"] = None  # a hash-split stream: about train_val_split of train, not counted
     return ImageData(
         train=train, validation=validation, test=test, image_column=image_column, label_column=label_column,
-        labels=labels, test_has_labels=test_has_labels, test_label_map=test_label_map, num_train_examples=num_train,
+        labels=labels, test_has_labels=test_has_labels, test_label_map=test_label_map,
         source=args.dataset_name or args.train_dir or args.validation_dir or "", notes=notes, sizes=split_sizes,
     )

@@ -64,7 +64,6 @@ class ImageClassificationTrainer(Trainer):
         self.describe_examples = describe_examples  # example ids -> file names, for messages
         self._example_ids = None
         self._skip_update = False
-        self.nonfinite_steps: list[int] = []
 
     def _prepare_inputs(self, inputs):
         inputs = dict(inputs)
@@ -113,7 +112,6 @@ class ImageClassificationTrainer(Trainer):
             for buffer, saved in buffers:
                 buffer.copy_(saved)
         self._skip_update = True  # the optimizer step of this update is not taken (see create_optimizer)
-        self.nonfinite_steps.append(step)
         logger.warning("Non-finite loss at step %d: update skipped. Images: %s", step, ", ".join(self._batch_files()))
         zero = self._zero_loss(model)
         return (zero, result[1]) if return_outputs else zero

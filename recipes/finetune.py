@@ -11,7 +11,6 @@ YAML sets the defaults, `--field value` overrides them; every `TrainingArguments
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -62,7 +61,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
         logger.info(note)
     check_run(data, training_args, model_args, checkpoint_config)
     if training_args.do_train and isinstance(data.train, IterableDataset):
-        steps_per_epoch = streaming_steps_per_epoch(data.num_train_examples, training_args)
+        steps_per_epoch = streaming_steps_per_epoch(data.sizes.get("train"), training_args)
         use_steps_for_epochs(training_args, steps_per_epoch)
         logger.info("Streaming: training for %d optimizer steps", training_args.max_steps)
 
@@ -86,7 +85,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Fi
         dataset_id=data_args.dataset_name,
         labels=head_labels,
         tuning=model_args.tuning,
-        train_examples=data.num_train_examples if data.num_train_examples is not None else "unknown",
+        train_examples=data.sizes.get("train") or "unknown",
         eval_examples=data.sizes.get("validation") or "unknown",
     )
     trainer = ImageClassificationTrainer(
