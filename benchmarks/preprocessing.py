@@ -24,7 +24,7 @@ from torchvision import transforms as T
 from transformers import AutoImageProcessor
 
 from hf_resnet.bundled import resolve_asset
-from hf_resnet.examples import ExampleTransform
+from hf_resnet.inputs import ExampleTransform
 from hf_resnet.transforms import PreprocessConfig, build_eval_transform, build_train_transform
 
 
@@ -47,12 +47,15 @@ def main() -> None:
     train_tf = build_train_transform(cfg)
     ours_train = ExampleTransform(train_tf, "image", None, crop_size=cfg.crop_size)
     ours_seeded = ExampleTransform(train_tf, "image", None, crop_size=cfg.crop_size, seed=0)
+    def raw(f):
+        return {"image": {"path": str(f), "bytes": None}}
+
     methods = {
         "hf_example": lambda i, f: example(Image.open(f).convert("RGB")),
         "processor": lambda i, f: processor(Image.open(f), return_tensors="pt")["pixel_values"][0],
-        "hf_resnet_eval": lambda i, f: ours_eval({"image": {"path": str(f), "bytes": None}}, i)["pixel_values"],
-        "hf_resnet_train": lambda i, f: ours_train({"image": {"path": str(f), "bytes": None}})["pixel_values"],
-        "hf_resnet_train_seeded": lambda i, f: ours_seeded({"image": {"path": str(f), "bytes": None}}, i)["pixel_values"],
+        "hf_resnet_eval": lambda i, f: ours_eval(raw(f), i)["pixel_values"],
+        "hf_resnet_train": lambda i, f: ours_train(raw(f))["pixel_values"],
+        "hf_resnet_train_seeded": lambda i, f: ours_seeded(raw(f), i)["pixel_values"],
     }
     timings = {name: [] for name in methods}
     for _ in range(args.repeats):

@@ -14,7 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .configs import BUNDLED_PREFIX
+from .constants import BUNDLED_PREFIX
+from .errors import ConfigError
 
 ASSETS = Path(__file__).parent / "assets"
 DIGITS_VERSION = "digits-v1"  # bump when the rendering changes, so old caches are not reused
@@ -35,12 +36,13 @@ def resolve_asset(name: str) -> str:
     folder = ASSETS / name[len(BUNDLED_PREFIX) :]
     if not folder.is_dir():
         known = ", ".join(BUNDLED_PREFIX + p.name for p in sorted(ASSETS.iterdir()) if p.is_dir())
-        raise ValueError(f"Unknown bundled asset {name!r}; the package ships: {known}.")
+        raise ConfigError(f"Unknown bundled asset {name!r}; the package ships: {known}.")
     return str(folder)
 
 
 def digits_image_folder(root: Path | None = None) -> Path:
-    """Render scikit-learn's digits as `<root>/digits-v1/{train,validation}/<digit>/<n>.png` once; return the folder."""
+    """Render scikit-learn's digits as `<root>/digits-v1/{train,validation}/<digit>/<n>.png` once; return the
+    folder."""
     root = Path(root) if root is not None else cache_root()
     target = root / DIGITS_VERSION
     if (target / "train").is_dir() and (target / "validation").is_dir():

@@ -14,12 +14,16 @@ import os
 import re
 from pathlib import Path
 
-from .configs import ConfigError
+from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _non_empty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
 
 
 def is_complete(folder: str | Path, needs_optimizer: bool = True) -> bool:
@@ -29,14 +33,16 @@ def is_complete(folder: str | Path, needs_optimizer: bool = True) -> bool:
         json.loads((folder / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return False
-    if not any((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in WEIGHT_FILES):
+    if not any(_non_empty(folder / name) for name in WEIGHT_FILES):
         return False
     if needs_optimizer:
-        return all((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in ("optimizer.pt", "scheduler.pt"))
+        return all(_non_empty(folder / name) for name in ("optimizer.pt", "scheduler.pt"))
     return True
 
 
-def last_complete_checkpoint(output_dir: str | Path, needs_optimizer: bool = True, set_aside: bool = True) -> str | None:
+def last_complete_checkpoint(
+    output_dir: str | Path, needs_optimizer: bool = True, set_aside: bool = True
+) -> str | None:
     """The newest complete `checkpoint-N` in output_dir; newer incomplete ones are renamed out of the way."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
@@ -45,13 +51,13 @@ def last_complete_checkpoint(output_dir: str | Path, needs_optimizer: bool = Tru
         ((int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))),
         reverse=True,
     )
-    for step, folder in found:
+    for _, folder in found:
         if is_complete(folder, needs_optimizer):
             return str(folder)
         if needs_optimizer and is_complete(folder, needs_optimizer=False):
             raise ConfigError(
-                f"{folder} holds weights and trainer state but no optimizer (saved with `save_only_model: true`?). Pass "
-                "`save_only_model: true` to resume from the weights alone, or `resume_from_checkpoint: false`."
+                f"{folder} holds weights and trainer state but no optimizer (saved with `save_only_model: true`?). "
+                "Pass `save_only_model: true` to resume from the weights alone, or `resume_from_checkpoint: false`."
             )
         if set_aside:
             target = output_dir / f"incomplete-{folder.name}"

@@ -1,4 +1,8 @@
-"""`hf-resnet` command line: one sub-command per job (`audit` now); each imports its own module only when run.
+"""`hf-resnet` command line: one sub-command per job; each imports its own module only when run, so `--help`
+answers at once.
+
+    hf-resnet train --config smoke/digits_smoke      fine-tune (the same run as recipes/finetune.py)
+    hf-resnet audit DATA                             check an image folder before training
 
 Exit codes: 0 done and nothing wrong, 1 the job found problems, 2 bad usage (the message names the fix).
 """
@@ -11,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .images import DEFAULT_MAX_PIXELS
+from .constants import DEFAULT_MAX_PIXELS
 
 
 def _writable(folder: Path) -> bool:
@@ -40,7 +44,7 @@ def _pixels(text: str) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .audit import AuditError, audit_folder, format_report
+    from .reports.audit import AuditError, audit_folder, format_report
 
     max_pixels = args.max_image_pixels or None
     try:
@@ -61,6 +65,8 @@ def _audit(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-resnet", description="Fine-tune and check HF ResNet image classifiers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("train", add_help=False, help="fine-tune with a YAML recipe: hf-resnet train --config "
+                        "smoke/digits_smoke (`hf-resnet train --help` lists every field)")
     audit = commands.add_parser("audit", help="check an image-folder dataset before training", description=(
         "Check DATA (train/, val/|validation/|valid/, test/ with one sub-folder per class, or one class-folder tree) "
         "for undecodable files, duplicates, leaks, missing or tiny classes, modes and sizes. Exit 0: no problems, "
@@ -74,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # the recipe parser owns every flag after `train`
+        from .run import cli
+
+        cli(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -1,25 +1,21 @@
-"""Argument dataclasses: what to load (model), what to train on (data), how (strategy), and the Trainer's own.
+"""Argument dataclasses: what to load (model), what to train on (data), how to fine-tune it (strategy), and the
+Trainer's own arguments.
 
-Every field carries help text; `recipes/*.yaml` set them, CLI flags override them (see `parser.py`).
-Cross-field checks live in `__post_init__` so a bad recipe fails before any data or weights are touched.
+Every field carries help text; the YAML recipes (`hf_resnet/recipes/`) set them, command-line flags override them
+(see `parser.py`). Cross-field checks live in `__post_init__` so a bad recipe fails before any data or weights are
+touched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import os
+from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
 
-from .images import DEFAULT_MAX_PIXELS
-
-BUNDLED_PREFIX = "bundled:"
-
-
-class ConfigError(ValueError):
-    """A recipe or flag that cannot work; the message says which field and how to fix it."""
+from .constants import BUNDLED_PREFIX, DEFAULT_MAX_PIXELS
+from .errors import ConfigError
 
 
 @dataclass
@@ -28,7 +24,9 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(
         default="microsoft/resnet-50",
-        metadata={"help": "Hub id or local folder of the checkpoint to fine-tune. Set to null to build from `config_name`."},
+        metadata={
+            "help": "Hub id or local folder of the checkpoint to fine-tune. Set to null to build from `config_name`."
+        },
     )
     config_name: str | None = field(
         default=None,
@@ -39,14 +37,34 @@ class ModelArguments:
     )
     image_processor_name: str | None = field(
         default=None,
-        metadata={"help": "Image processor (hub id, folder or `bundled:<name>`); defaults to the model's or config's own."},
+        metadata={
+            "help": "Image processor (hub id, folder or `bundled:<name>`); defaults to the model's or config's own."
+        },
     )
     model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the checkpoint."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
     token: str | None = field(
         default=None,
-        metadata={"help": "Hub token for gated models and datasets (ILSVRC/imagenet-1k); defaults to the logged-in one."},
+        metadata={
+            "help": "Hub token for gated models and datasets (ILSVRC/imagenet-1k); defaults to the logged-in one."
+        },
     )
+
+    def __post_init__(self):
+        if isinstance(self.model_name_or_path, str) and self.model_name_or_path.lower() in ("", "none", "null"):
+            self.model_name_or_path = None  # `--model_name_or_path null` on the command line, as in YAML
+        if self.model_name_or_path is None and self.config_name is None:
+            raise ConfigError("Set `model_name_or_path` (a checkpoint) or `config_name` (a config to build from).")
+
+
+TUNINGS = ("full", "linear_probe")
+
+
+@dataclass
+class StrategyArguments:
+    """Parameters that control how the model is fine-tuned: what is frozen and each part's learning rate
+    (applied by `strategies.py`)."""
+
     tuning: str = field(
         default="full",
         metadata={
@@ -60,12 +78,8 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        if isinstance(self.model_name_or_path, str) and self.model_name_or_path.lower() in ("", "none", "null"):
-            self.model_name_or_path = None  # `--model_name_or_path null` on the command line, as in YAML
-        if self.model_name_or_path is None and self.config_name is None:
-            raise ConfigError("Set `model_name_or_path` (a checkpoint) or `config_name` (a config to build from).")
-        if self.tuning not in ("full", "linear_probe"):
-            raise ConfigError(f"`tuning` must be 'full' or 'linear_probe', got {self.tuning!r}.")
+        if self.tuning not in TUNINGS:
+            raise ConfigError(f"`tuning` must be one of {', '.join(map(repr, TUNINGS))}, got {self.tuning!r}.")
 
 
 @dataclass
@@ -80,17 +94,23 @@ class DataArguments:
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    train_dir: str | None = field(default=None, metadata={"help": "Image folder (one sub-folder per class) to train on."})
+    train_dir: str | None = field(
+        default=None, metadata={"help": "Image folder (one sub-folder per class) to train on."}
+    )
     validation_dir: str | None = field(default=None, metadata={"help": "Image folder to evaluate on."})
     test_dir: str | None = field(
         default=None,
-        metadata={"help": "Image folder to predict (flat, unlabeled: writes predictions.csv) or score (one sub-folder per class) at the end. A Hub dataset's test split is used only with `do_predict`."},
+        metadata={
+            "help": "Image folder to predict (flat, unlabeled: writes predictions.csv) or score (one sub-folder per "
+            "class) at the end. A Hub dataset's test split is used only with `do_predict`."
+        },
     )
     image_column_name: str | None = field(
         default=None, metadata={"help": "Column holding the images; auto-detected from `image`/`img` when unset."}
     )
     label_column_name: str | None = field(
-        default=None, metadata={"help": "Column holding the ClassLabel; auto-detected from `label`/`labels` when unset."}
+        default=None,
+        metadata={"help": "Column holding the ClassLabel; auto-detected from `label`/`labels` when unset."},
     )
     streaming: bool = field(
         default=False, metadata={"help": "Stream the dataset (IterableDataset) instead of downloading/preparing it."}
@@ -100,14 +120,19 @@ class DataArguments:
     )
     train_val_split: float = field(
         default=0.15,
-        metadata={"help": "Share of train split off (stratified, seeded) as validation when there is no validation split."},
+        metadata={
+            "help": "Share of train split off (stratified, seeded) as validation when there is no validation split."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation examples."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only this many test examples."})
     max_skipped_share: float = field(
         default=0.02,
-        metadata={"help": "Stop when more than this share of a split's images cannot be decoded (they are skipped and listed)."},
+        metadata={
+            "help": "Stop when more than this share of a split's images cannot be decoded (they are skipped and "
+            "listed)."
+        },
     )
     max_image_pixels: int = field(
         default=DEFAULT_MAX_PIXELS,
@@ -130,12 +155,14 @@ class DataArguments:
             )
         if self.dataset_name is None and self.train_dir is None and self.validation_dir is None:
             raise ConfigError(
-                "No data: set `dataset_name` (a Hub id or `bundled:digits`) or `train_dir`/`validation_dir` (image folders)."
+                "No data: set `dataset_name` (a Hub id or `bundled:digits`) or `train_dir`/`validation_dir` (image "
+                "folders)."
             )
         if not 0.0 < self.train_val_split < 1.0:
             raise ConfigError(f"`train_val_split` must be between 0 and 1, got {self.train_val_split}.")
-        if len(self.random_resized_crop_scale) != 2 or not 0 < self.random_resized_crop_scale[0] <= self.random_resized_crop_scale[1] <= 1:
-            raise ConfigError(f"`random_resized_crop_scale` must be [min, max] with 0 < min <= max <= 1, got {self.random_resized_crop_scale}.")
+        scale = self.random_resized_crop_scale
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ConfigError(f"`random_resized_crop_scale` must be [min, max] with 0 < min <= max <= 1, got {scale}.")
         if not 0.0 <= self.horizontal_flip <= 1.0:
             raise ConfigError(f"`horizontal_flip` is a probability, got {self.horizontal_flip}.")
 
@@ -148,7 +175,9 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Kept False: the transforms need the image column the model does not take."}
     )
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: `no`, `steps` or `epoch`."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: `no`, `steps`, `epoch` or `best`."})
+    save_strategy: str = field(
+        default="epoch", metadata={"help": "When to checkpoint: `no`, `steps`, `epoch` or `best`."}
+    )
     logging_strategy: str = field(default="steps", metadata={"help": "When to log: `no`, `steps` or `epoch`."})
     logging_steps: float = field(default=10, metadata={"help": "Log every this many optimizer steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
@@ -175,8 +204,10 @@ class FinetuneTrainingArguments(TrainingArguments):
             self.use_cpu = True
         self._check_precision()
         if self.dataloader_persistent_workers and self.dataloader_num_workers > 0:
-            raise ConfigError("`dataloader_persistent_workers: true` would keep each worker's first-epoch augmentation "
-                              "seed; leave it false (workers restart each epoch).")
+            raise ConfigError(
+                "`dataloader_persistent_workers: true` would keep each worker's first-epoch augmentation seed; "
+                "leave it false (workers restart each epoch)."
+            )
         if self.on_nonfinite_loss not in ("stop", "skip"):
             raise ConfigError(f"`on_nonfinite_loss` must be 'stop' or 'skip', got {self.on_nonfinite_loss!r}.")
         super().__post_init__()

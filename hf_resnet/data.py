@@ -1,6 +1,7 @@
-"""Load the data: a Hub dataset or local image folders, streamed or not; find columns, splits and labels.
+"""Load the data: a Hub dataset or local image folders, streamed or not; find columns, splits and labels; turn
+a stream's epochs into optimizer steps.
 
-Returns an `ImageData` whose splits still hold raw images; `transforms.py` attaches the preprocessing lazily.
+Returns an `ImageData` whose splits still hold raw images; `inputs.py` attaches the preprocessing lazily.
 Every check here runs before any weights are loaded or any step is trained, and each error names the fix.
 """
 
@@ -8,26 +9,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from functools import partial
+import math
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 
 import datasets
 from datasets import ClassLabel, Dataset, IterableDataset, load_dataset
 from datasets import Image as ImageFeature
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from .bundled import digits_image_folder, is_bundled
 from .configs import DataArguments
-from .images import IMAGE_EXTENSIONS, VALIDATION_SPLITS
+from .constants import VALIDATION_SPLITS
+from .errors import ConfigError, DataError
+from .folders import check_folder, glob_pattern
 
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "img")
 LABEL_COLUMNS = ("label", "labels")
-
-
-class DataError(ValueError):
-    """The data cannot be trained on as configured; the message names the field and the fix."""
 
 
 @dataclass
@@ -45,42 +45,6 @@ class ImageData:
     notes: list[str] = field(default_factory=list)
 
 
-
-def _images(folder: str) -> list[Path]:
-    return [p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-            and p.is_file()]
-
-
-def _check_folder(path: str, name: str, labeled: bool = True) -> list[Path]:
-    """The folder exists and holds images; a labeled one has every image directly in a class sub-folder
-    (`imagefolder` would otherwise drop all labels, or name a class after the folder or a nested one).
-    Returns the images found."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise DataError(f"`{name}` {path!r} is not a folder; point it at a folder with one sub-folder per class.")
-    images = _images(path)
-    if not images:
-        raise DataError(
-            f"`{name}` {path!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
-            "put them in one sub-folder per class, e.g. train/cat/1.jpg."
-        )
-    depths = {len(p.relative_to(folder).parts) for p in images}
-    if labeled and depths != {2}:
-        loose = [p for p in images if len(p.relative_to(folder).parts) != 2]
-        raise DataError(
-            f"`{name}` {path!r} has {len(loose)} image(s) not directly in a class sub-folder (e.g. "
-            f"{loose[0].relative_to(folder)}); put each image in <{name}>/<class>/, one level deep."
-        )
-    if name == "train_dir" and len({p.parent for p in images}) < 2:
-        raise DataError(
-            f"`train_dir` {path!r} has 1 class sub-folder ({images[0].parent.name!r}); a classifier needs at least 2 "
-            "classes: add a sub-folder per class."
-        )
-    return images
-
-
-def _folder_files(path: str) -> str:
-    return str(Path(path) / "**")
 
 
 def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
@@ -111,8 +75,8 @@ def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
     files, sizes = {}, {}
     for split, folder, name in (("train", train_dir, "train_dir"), ("validation", validation_dir, "validation_dir")):
         if folder:
-            sizes[split] = len(_check_folder(folder, name))
-            files[split] = _folder_files(folder)
+            sizes[split] = len(check_folder(folder, name))
+            files[split] = glob_pattern(folder)
     # drop_labels=False: labels from the class sub-folders even when there is only one (checked above)
     raw = (
         load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir, drop_labels=False)
@@ -123,8 +87,8 @@ def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
 
 
 def _load_test_dir(args: DataArguments, cache_dir: str | None):
-    images = _check_folder(args.test_dir, "test_dir", labeled=False)
-    files = {"test": _folder_files(args.test_dir)}
+    images = check_folder(args.test_dir, "test_dir", labeled=False)
+    files = {"test": glob_pattern(args.test_dir)}
     in_class_folders = all(len(p.relative_to(args.test_dir).parts) == 2 for p in images)
     test = load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir,
                         drop_labels=not in_class_folders)["test"]  # one class folder is still a label
@@ -261,7 +225,9 @@ def load_image_data(
         test = raw.get("test")  # a Hub dataset's own test split (ImageNet's has labels -1: predicted)
     reference = train if train is not None else validation
     if reference is None:
-        raise DataError(f"The dataset has no train or validation split (splits: {sorted(raw)}); set `train_dir`/`validation_dir`.")
+        raise DataError(
+            f"The dataset has no train or validation split (splits: {sorted(raw)}); set `train_dir`/`validation_dir`."
+        )
     features = reference.features
     if features is None:
         raise DataError("The streamed dataset does not declare its features; use `streaming: false` for it.")
@@ -304,3 +270,50 @@ def load_image_data(
         labels=labels, test_has_labels=test_has_labels, test_label_map=test_label_map,
         source=args.dataset_name or args.train_dir or args.validation_dir or "", notes=notes, sizes=split_sizes,
     )
+
+
+# Streaming step arithmetic -------------------------------------------------------------------------------------
+
+
+def streaming_steps_per_epoch(num_examples: int | None, args) -> int | None:
+    """Optimizer steps in one pass over a stream of known size (None when unknown and `max_steps` is set)."""
+    if num_examples is None:
+        if args.max_steps > 0:
+            return None
+        raise ConfigError(
+            "The streamed training split does not say how many examples it holds, so `num_train_epochs` cannot be "
+            "turned into steps. Pass `max_steps` (optimizer steps), e.g. --max_steps 10000."
+        )
+    batches = math.ceil(num_examples / (args.per_device_train_batch_size * args.world_size))
+    return max(1, math.ceil(batches / args.gradient_accumulation_steps))
+
+
+def use_steps_for_epochs(args, steps_per_epoch: int | None) -> None:
+    """A stream has no length for the Trainer: set `max_steps`, and turn epoch-wise eval/save/logging into
+    every `steps_per_epoch` steps, which also keeps processes in step when their shards differ in size."""
+    if steps_per_epoch is None:
+        epoch_wise = [k for k in ("eval", "save") if getattr(getattr(args, f"{k}_strategy"), "value", None) == "epoch"]
+        if epoch_wise and args.world_size > 1:  # processes would reach "end of epoch" at different steps and hang
+            raise ConfigError(
+                f"A stream of unknown size has no common epoch end across {args.world_size} processes; set "
+                + " and ".join(f"`{k}_strategy: steps` with `{k}_steps`" for k in epoch_wise) + "."
+            )
+        return
+    if args.max_steps <= 0:
+        args.max_steps = steps_per_epoch * math.ceil(args.num_train_epochs)
+    for kind in ("eval", "save", "logging"):
+        strategy = getattr(args, f"{kind}_strategy")
+        if getattr(strategy, "value", strategy) == "epoch":
+            setattr(args, f"{kind}_strategy", IntervalStrategy.STEPS if kind != "save" else SaveStrategy.STEPS)
+            setattr(args, f"{kind}_steps", steps_per_epoch)
+
+
+def plan_streamed_steps(data: ImageData, training_args) -> int | None:
+    """When training on a stream: set `max_steps` (and step-wise eval/save) from its known size; returns the
+    steps per epoch (None for a map-style train split, or a stream of unknown size with `max_steps` given)."""
+    if not training_args.do_train or not isinstance(data.train, IterableDataset):
+        return None
+    steps_per_epoch = streaming_steps_per_epoch(data.sizes.get("train"), training_args)
+    use_steps_for_epochs(training_args, steps_per_epoch)
+    logger.info("Streaming: training for %d optimizer steps", training_args.max_steps)
+    return steps_per_epoch

@@ -19,9 +19,8 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-VALIDATION_SPLITS = ("validation", "valid", "val")  # split names taken as validation, in this order
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (~0.36 GB as RGBA)
+from .constants import DEFAULT_MAX_PIXELS
+
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
@@ -107,6 +106,12 @@ def _own_size_limit():
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+
+
+def stored_mode(data: bytes) -> str:
+    """The mode the file stores (before `to_rgb`), read from its header alone."""
+    with _own_size_limit(), Image.open(io.BytesIO(data)) as header:
+        return header.mode
 
 
 def _checked(image: Image.Image, max_pixels: int | None) -> Image.Image:

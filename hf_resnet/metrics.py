@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-TOP_K = 5
-IGNORE_INDEX = -100  # labels of skipped examples (see examples.py)
+from .constants import IGNORE_INDEX, TOP_K
 
 
 def topk_stable(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +37,8 @@ def classification_metrics(topk_ids: np.ndarray, labels: np.ndarray, num_classes
     scored = labels != IGNORE_INDEX  # images that could not be decoded are listed in skipped_images.json instead
     topk_ids, labels = topk_ids[scored], labels[scored]
     if len(labels) == 0:  # every image failed to decode: nothing to score (skipped_images.json says why)
-        names = ["accuracy", "precision_macro", "recall_macro", "f1_macro"] + (["top5_accuracy"] if num_classes > TOP_K else [])
+        names = ["accuracy", "precision_macro", "recall_macro", "f1_macro"]
+        names += ["top5_accuracy"] if num_classes > TOP_K else []
         return {"samples": 0, **{name: float("nan") for name in names}}
     if topk_ids.ndim == 1:
         topk_ids = topk_ids[:, None]

@@ -1,33 +1,24 @@
-"""Load or build the model and its image processor; set up its head, freezing and parameter groups.
+"""Load the checkpoint's config, image processor and model; keep or replace its head.
 
-- Head: when the dataset's class names are the checkpoint's (ImageNet-1k with microsoft/resnet-50) the
-  pretrained head is kept and labels are mapped by name; otherwise a new head of the right size replaces it.
-- Freezing: `linear_probe` freezes everything but the head and keeps the backbone's BatchNorm in eval mode, so
-  its running statistics stay bit-identical too.
-- Parameter groups: no weight decay on biases and norm weights (`ndim <= 1`, as timm does); the head may have
-  its own learning rate.
+Head: when the dataset's class names are the checkpoint's (ImageNet-1k with microsoft/resnet-50) the pretrained
+head is kept and labels are mapped by name (`pretrained_label_map`); otherwise a new head of the right size
+replaces it. What is frozen and how each part learns is `strategies.py`'s business.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import types
 
-from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from .bundled import resolve_asset
 from .configs import ModelArguments
+from .errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-HEAD_PREFIXES = ("classifier", "head", "fc")
-SMOKE_COMMAND = "python recipes/finetune.py --config recipes/smoke/digits_smoke.yaml"
-
-
-class ModelLoadError(OSError):
-    """The checkpoint cannot be read; the message names the ways on."""
+SMOKE_COMMAND = "hf-resnet train --config smoke/digits_smoke"
 
 
 def _hub_error(name: str, err: Exception) -> ModelLoadError:
@@ -86,22 +77,25 @@ def pretrained_label_map(config, labels: list[str]) -> list[int] | None:
     return [index[_normalise(label)] for label in labels]
 
 
-def build_model(args: ModelArguments, labels: list[str]):
-    """-> (model, label_map). label_map is None unless the pretrained head is kept with another class order."""
-    config = load_config(args)
+def build_model(args: ModelArguments, labels: list[str], config, label_map: list[int] | None):
+    """The model to fine-tune on `labels`, from `config` (already loaded by `load_config`).
+
+    `label_map` (from `pretrained_label_map`, None when the names differ) says whether the pretrained head is
+    kept; a model built from `config_name` always starts random with a head of len(labels).
+    """
     id2label = dict(enumerate(labels))
     label2id = {name: i for i, name in id2label.items()}
     if args.model_name_or_path is None:
         config.num_labels = len(labels)
         config.id2label, config.label2id = id2label, label2id
         logger.info("Building a randomly initialised %s from %s", config.model_type, args.config_name)
-        return AutoModelForImageClassification.from_config(config), None
-    label_map = pretrained_label_map(config, labels)
+        return AutoModelForImageClassification.from_config(config)
     if label_map is not None:
         logger.info("Dataset classes are the checkpoint's %d classes: keeping the pretrained head.", len(labels))
-        model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path, config=config, **_hub_kwargs(args))
-        return model, (None if label_map == list(range(len(labels))) else label_map)
-    model = AutoModelForImageClassification.from_pretrained(
+        return AutoModelForImageClassification.from_pretrained(
+            args.model_name_or_path, config=config, **_hub_kwargs(args)
+        )
+    return AutoModelForImageClassification.from_pretrained(
         args.model_name_or_path,
         num_labels=len(labels),
         id2label=id2label,
@@ -109,45 +103,8 @@ def build_model(args: ModelArguments, labels: list[str]):
         ignore_mismatched_sizes=True,  # a new head of len(labels) outputs
         **_hub_kwargs(args),
     )
-    return model, None
 
 
-def is_head(name: str) -> bool:
-    return name.split(".", 1)[0] in HEAD_PREFIXES
-
-
-def _keep_eval(module: nn.Module) -> None:
-    """Make `module.train()` a no-op that leaves it in eval mode (frozen BatchNorm keeps its running stats)."""
-    module.eval()
-    module.train = types.MethodType(lambda self, mode=True: nn.Module.train(self, False), module)
-
-
-def apply_tuning(model: nn.Module, tuning: str) -> dict[str, int]:
-    """Freeze per the strategy; return counts of trainable and frozen parameters."""
-    if tuning == "linear_probe":
-        for name, param in model.named_parameters():
-            param.requires_grad_(is_head(name))
-        for name, module in model.named_modules():
-            if name and not is_head(name) and isinstance(module, nn.modules.batchnorm._BatchNorm):
-                _keep_eval(module)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    if trainable == 0:
-        raise ValueError("No trainable parameters left; check `tuning` and the model's head name.")
-    return {"trainable_parameters": trainable, "frozen_parameters": frozen}
-
-
-def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr: float | None = None) -> list[dict]:
-    """Optimizer groups: (backbone, head) x (decay, no decay), trainable parameters only, empty groups dropped."""
-    buckets: dict[tuple[bool, bool], list] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            buckets.setdefault((is_head(name), param.ndim > 1), []).append(param)
-    groups = []
-    for (head, decay), params in sorted(buckets.items()):
-        groups.append({
-            "params": params,
-            "lr": head_lr if head and head_lr is not None else lr,
-            "weight_decay": weight_decay if decay else 0.0,
-        })
-    return groups
+def head_label_map(args: ModelArguments, config, labels: list[str]) -> list[int] | None:
+    """Dataset label id -> pretrained head id when the checkpoint's head is kept; None when a new one is built."""
+    return None if args.model_name_or_path is None else pretrained_label_map(config, labels)

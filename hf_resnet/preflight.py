@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
-from .configs import ConfigError
-from .data import DataError, ImageData
-from .modeling import pretrained_label_map
+from .data import ImageData
+from .errors import ConfigError, DataError
 
 MIN_FREE_BYTES = 2 * 2**30  # room for a few ResNet-50 checkpoints (~300 MB each with optimizer state)
 
@@ -33,9 +32,11 @@ def check_output_dir(output_dir: str, min_free: int = MIN_FREE_BYTES) -> None:
                           "folder or fix its permissions.") from err
     free = shutil.disk_usage(path).free
     if free < min_free:
-        raise ConfigError(f"Only {free / 2**30:.1f} GiB free under `output_dir` {output_dir!r}; checkpoints need about "
-                          f"{min_free / 2**30:.0f} GiB. Free some space or choose another folder (HF_RESNET_MIN_FREE_GB sets "
-                          "this threshold, for small models).")
+        raise ConfigError(
+            f"Only {free / 2**30:.1f} GiB free under `output_dir` {output_dir!r}; checkpoints need about "
+            f"{min_free / 2**30:.0f} GiB. Free some space or choose another folder (HF_RESNET_MIN_FREE_GB sets "
+            "this threshold, for small models)."
+        )
 
 
 def check_label_values(dataset, label_column: str, num_labels: int, split: str) -> None:
@@ -44,18 +45,25 @@ def check_label_values(dataset, label_column: str, num_labels: int, split: str) 
         return
     values = np.asarray(dataset.select_columns([label_column])[:][label_column])  # labels only: no image decoded
     if len(values) and (values.max() >= num_labels or values.min() < -1):
-        raise DataError(f"The {split} split has labels outside 0..{num_labels - 1} (min {values.min()}, max "
-                        f"{values.max()}) in `{label_column}`; fix the data or set `label_column_name` to the right column.")
+        raise DataError(
+            f"The {split} split has labels outside 0..{num_labels - 1} (min {values.min()}, max {values.max()}) in "
+            f"`{label_column}`; fix the data or set `label_column_name` to the right column."
+        )
 
 
-def check_run(data: ImageData, training_args, model_args, checkpoint_config) -> None:
+def check_run(data: ImageData, training_args, model_args, keeps_head: bool) -> None:
+    """Everything that can be known wrong before weights are built; `keeps_head`: the checkpoint's head is kept
+    (its classes are the data's)."""
     if training_args.should_save:
         min_free = float(os.environ.get("HF_RESNET_MIN_FREE_GB", MIN_FREE_BYTES / 2**30)) * 2**30
         check_output_dir(training_args.output_dir, int(min_free))
     for split in ("train", "validation"):
         check_label_values(getattr(data, split), data.label_column, len(data.labels), split)
     if training_args.do_train and data.train is None:
-        raise DataError("`do_train` is set but there is no train split; set `train_dir` (or a dataset with one) or `do_train: false`.")
+        raise DataError(
+            "`do_train` is set but there is no train split; set `train_dir` (or a dataset with one) or "
+            "`do_train: false`."
+        )
     if training_args.do_eval and data.validation is None:
         raise DataError("`do_eval` is set but there is no validation split; set `validation_dir` or `do_eval: false`.")
     if training_args.do_train and isinstance(data.train, Dataset):
@@ -63,12 +71,13 @@ def check_run(data: ImageData, training_args, model_args, checkpoint_config) -> 
         if len(data.train) < global_batch:
             raise DataError(
                 f"The training set has {len(data.train)} images, fewer than one batch ({global_batch} = "
-                f"per_device_train_batch_size x {training_args.world_size} processes); lower `per_device_train_batch_size`."
+                f"per_device_train_batch_size x {training_args.world_size} processes); lower "
+                "`per_device_train_batch_size`."
             )
     evaluating_only = not training_args.do_train and model_args.model_name_or_path is not None
-    if evaluating_only and pretrained_label_map(checkpoint_config, data.labels) is None:
+    if evaluating_only and not keeps_head:
         raise DataError(
-            f"Evaluation only (`do_train: false`), but the dataset's classes are not {model_args.model_name_or_path}'s, "
-            "so its head would be replaced by a random one. Set `do_train: true` to fine-tune, or evaluate on data "
-            "whose class names match the checkpoint's `id2label`."
+            f"Evaluation only (`do_train: false`), but the dataset's classes are not "
+            f"{model_args.model_name_or_path}'s, so its head would be replaced by a random one. Set `do_train: true` "
+            "to fine-tune, or evaluate on data whose class names match the checkpoint's `id2label`."
         )

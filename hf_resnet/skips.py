@@ -3,7 +3,8 @@
 Each skip is logged with its path (or index) and reason, and appended as one JSON line to
 `output_dir/skipped_images.jsonl` (appends of one short line are atomic, so workers and processes can share the
 file and a crash loses nothing). `skipped_images.json` aggregates them per split and per class; the run stops
-with the worst files named once the share of a split's distinct images skipped exceeds `max_skipped_share`.
+with the worst files named once the share of a train or validation split's distinct images skipped exceeds
+`max_skipped_share` (a test image that fails gets an empty row in its predictions instead: it stops nothing).
 """
 
 from __future__ import annotations
@@ -14,16 +15,13 @@ import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from transformers import TrainerCallback
+from .constants import TEST_SPLIT
+from .errors import TooManySkippedImages
 
 logger = logging.getLogger(__name__)
 
 JSONL_NAME = "skipped_images.jsonl"
 REPORT_NAME = "skipped_images.json"
-
-
-class TooManySkippedImages(ValueError):
-    """More of a split's images failed to decode than `max_skipped_share` allows."""
 
 
 class SkipRecorder:
@@ -89,34 +87,27 @@ def write_report(output_dir: str, report: dict) -> None:
         Path(output_dir, REPORT_NAME).write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
+def skipped_indices(report: dict, split: str) -> dict[int, str]:
+    """Example index -> reason, for the skipped images of one split (e.g. to mark them in a predictions file)."""
+    return {row["index"]: row["reason"] for row in report.get(split, {}).get("files", [])}
+
+
 def check_share(report: dict, max_share: float) -> None:
+    """Stop when a train or validation split lost more than `max_share` of its images; test splits never stop
+    a run (their skipped images are marked in the predictions)."""
     for split, entry in report.items():
-        if entry["share"] is not None and entry["share"] > max_share:
-            worst = "\n".join(f"  {f['file']}: {f['reason']}" for f in entry["files"][:10])
-            raise TooManySkippedImages(
-                f"{entry['skipped']} of {entry['size']} {split} images ({entry['share']:.1%}) could not be decoded, "
-                f"over `max_skipped_share` ({max_share:.1%}). First ones:\n{worst}\nFix or remove them (see "
-                f"{REPORT_NAME} and `hf-resnet audit`), or raise `max_skipped_share`."
-            )
+        if split == TEST_SPLIT or entry["share"] is None or entry["share"] <= max_share:
+            continue
+        worst = "\n".join(f"  {f['file']}: {f['reason']}" for f in entry["files"][:10])
+        raise TooManySkippedImages(
+            f"{entry['skipped']} of {entry['size']} {split} images ({entry['share']:.1%}) could not be decoded, "
+            f"over `max_skipped_share` ({max_share:.1%}). First ones:\n{worst}\nFix or remove them (see "
+            f"{REPORT_NAME} and `hf-resnet audit`), or raise `max_skipped_share`."
+        )
 
 
-class SkippedImagesCallback(TrainerCallback):
-    """Refresh the report after each evaluation and epoch; stop the run when a split skips too much."""
-
-    def __init__(self, output_dir: str, split_sizes: dict[str, int | None], max_share: float):
-        self.output_dir, self.split_sizes, self.max_share = output_dir, split_sizes, max_share
-
-    def _check(self, state) -> None:
-        report = build_report(self.output_dir, self.split_sizes)
-        if state.is_world_process_zero:
-            write_report(self.output_dir, report)
-        check_share({k: v for k, v in report.items() if k != "test"}, self.max_share)  # test skips: in predictions
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        self._check(state)
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self._check(state)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self._check(state)
+def publish(report: dict, output_dir: str, max_share: float, main_process: bool) -> None:
+    """Write the report (main process only), then stop if a train or validation split skipped too much."""
+    if main_process:
+        write_report(output_dir, report)
+    check_share(report, max_share)

@@ -1,53 +1,45 @@
 """The Trainer for image classification: parameter groups, memory-safe metrics, streamed data, our model card.
 
 `ImageClassificationTrainer` differs from `transformers.Trainer` in these places only:
-- `create_optimizer`: groups from `modeling.param_groups` (no decay on norms/biases, optional head learning rate);
+- `create_optimizer`: groups from `strategies.param_groups` (no decay on norms/biases, optional head rate);
+- `compute_loss`: a batch whose images all failed to decode adds nothing; a NaN/inf loss stops the run with the
+  step and the batch's files (`on_nonfinite_loss: stop`) or adds nothing (`skip`), before any weight sees it;
 - `_get_dataloader`: a streamed train split is already split per process, so its batches are not dispatched;
   a streamed eval split is read by the main process and dispatched, so every example is scored exactly once;
-- `create_model_card`: renders `model_card.md` (called by `push_to_hub` and by `recipes/finetune.py`);
-- metrics come from `metrics.reduce_logits` + `metrics.ComputeMetrics` (top-5 ids per example, never all logits);
-- `compute_loss`: a batch whose images all failed to decode adds nothing; a NaN/inf loss stops the run with the
-  step and the batch's files (`on_nonfinite_loss: stop`) or adds nothing (`skip`), before any weight sees it.
+- `create_model_card`: renders `model_card.md` via `reports.model_card` (also when `push_to_hub` calls it);
+- metrics come from `metrics.reduce_logits` + `metrics.ComputeMetrics` (top-5 ids per example, never all logits).
+
+What this relies on inside transformers / accelerate (each has a test in `tests/test_trainer.py` that fails when
+an upgrade changes it):
+1. patch: `optimizer.step` is replaced on the optimizer instance (`_guard_optimizer_step`); accelerate's
+   `AcceleratedOptimizer.step` calls it, so a skipped update takes no step (no momentum, no weight decay);
+2. patch: `accelerator.dataloader_config.dispatch_batches` is switched for the duration of one
+   `_get_dataloader` call (`_dispatch`), and restored;
+3. private override: `_prepare_inputs` (the Trainer calls it on every train and eval batch) pops `example_ids`,
+   which the model never sees;
+4. private override: `_get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)`
+   (the common path of the train, eval and test loaders);
+5. frozen BatchNorm layers are held in eval mode by a forward pre-hook (`strategies.hold_batchnorm`), a public
+   torch API: nothing on the module is patched, and unfreezing removes the hook.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
+from .callbacks import EpochCallback
+from .constants import IGNORE_INDEX
+from .errors import NonFiniteLossError
+from .inputs import ImageClassificationDataset, collate
 from .metrics import ComputeMetrics, reduce_logits
-from .model_card import render_model_card
-from .modeling import param_groups
-from .configs import ConfigError
-from .examples import IGNORE_INDEX, EpochCallback, ImageClassificationDataset, collate
+from .reports.model_card import CardInfo, write_model_card
+from .strategies import param_groups
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class CardInfo:
-    """What the model card says that the Trainer does not know."""
-
-    base_model: str | None
-    dataset_name: str
-    dataset_id: str | None
-    labels: list[str]
-    tuning: str
-    train_examples: int | str = "unknown"
-    eval_examples: int | str = "unknown"
-    eval_split: str = "validation"
-    eval_metrics: dict = field(default_factory=dict)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message names the step and the batch's images."""
 
 
 class ImageClassificationTrainer(Trainer):
@@ -70,6 +62,8 @@ class ImageClassificationTrainer(Trainer):
         self._example_ids = inputs.pop("example_ids", None)  # for messages only; the model never sees them
         return super()._prepare_inputs(inputs)
 
+    # Loss guard: all-skipped batches and non-finite losses -----------------------------------------------------
+
     @staticmethod
     def _zero_loss(model) -> torch.Tensor:
         """A loss of 0 that still touches every trainable weight (DDP expects gradients for all of them)."""
@@ -82,15 +76,16 @@ class ImageClassificationTrainer(Trainer):
         return self.describe_examples(ids)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        kwargs = dict(return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         if not model.training:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(model, inputs, **kwargs)
         labels = inputs.get("labels")
         skipping = self.args.on_nonfinite_loss == "skip"
         # BatchNorm updates its running statistics during the forward pass: keep a copy to undo a dropped batch.
         buffers = [(b, b.detach().clone()) for b in model.buffers()] if skipping else []
         # Every process runs the forward pass and the reduce below, whatever its batch holds: a process that
         # returned early would leave the others waiting in a collective.
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(model, inputs, **kwargs)
         loss = result[0] if return_outputs else result
         all_skipped = labels is not None and bool((labels == IGNORE_INDEX).all())  # every image failed to decode
         flags = torch.tensor([0.0 if all_skipped or bool(torch.isfinite(loss).all()) else 1.0], device=loss.device)
@@ -104,9 +99,10 @@ class ImageClassificationTrainer(Trainer):
         step = self.state.global_step + 1
         if not skipping:
             raise NonFiniteLossError(
-                f"The training loss is {loss.item()} at step {step} (global step {self.state.global_step} done). Batch "
-                f"images: {', '.join(self._batch_files()) or 'unknown'}. Lower `learning_rate`, check those images, "
-                "or set `on_nonfinite_loss: skip` to drop such updates. The last checkpoint in output_dir is intact."
+                f"The training loss is {loss.item()} at step {step} (global step {self.state.global_step} done). "
+                f"Batch images: {', '.join(self._batch_files()) or 'unknown'}. Lower `learning_rate`, check those "
+                "images, or set `on_nonfinite_loss: skip` to drop such updates. The last checkpoint in output_dir "
+                "is intact."
             )
         with torch.no_grad():
             for buffer, saved in buffers:
@@ -115,6 +111,8 @@ class ImageClassificationTrainer(Trainer):
         logger.warning("Non-finite loss at step %d: update skipped. Images: %s", step, ", ".join(self._batch_files()))
         zero = self._zero_loss(model)
         return (zero, result[1]) if return_outputs else zero
+
+    # Optimizer: our parameter groups, a step that can be skipped ------------------------------------------------
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -140,6 +138,8 @@ class ImageClassificationTrainer(Trainer):
 
         optimizer.step = guarded_step
 
+    # Streamed data under several processes ----------------------------------------------------------------------
+
     @contextmanager
     def _dispatch(self, value: bool):
         config = self.accelerator.dataloader_config
@@ -150,63 +150,17 @@ class ImageClassificationTrainer(Trainer):
         finally:
             config.dispatch_batches = previous
 
-    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):
+    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
+                        dataloader_key=None):
+        args = (dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
         if isinstance(dataset, torch.utils.data.IterableDataset) and self.args.world_size > 1:
             with self._dispatch(not is_training):
-                return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+                return super()._get_dataloader(*args)
+        return super()._get_dataloader(*args)
+
+    # Model card ---------------------------------------------------------------------------------------------------
 
     def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
-        if not self.is_world_process_zero():
-            return
-        info = self.card_info
-        output_dir = Path(self.args.output_dir)
-        repo_id = self.args.hub_model_id or getattr(self, "hub_model_id", None) or output_dir.name
-        card = render_model_card(
-            model_name=model_name or repo_id.split("/")[-1],
-            repo_id=repo_id,
-            base_model=info.base_model,
-            dataset_name=info.dataset_name,
-            dataset_id=info.dataset_id,
-            labels=info.labels,
-            eval_metrics=info.eval_metrics,
-            eval_split=info.eval_split,
-            eval_examples=info.eval_examples,
-            train_examples=info.train_examples,
-            tuning=info.tuning,
-            training_args=self.args,
-        )
-        card.save(output_dir / "README.md")
-
-
-def streaming_steps_per_epoch(num_examples: int | None, args) -> int | None:
-    """Optimizer steps in one pass over a stream of known size (None when unknown and `max_steps` is set)."""
-    if num_examples is None:
-        if args.max_steps > 0:
-            return None
-        raise ConfigError(
-            "The streamed training split does not say how many examples it holds, so `num_train_epochs` cannot be "
-            "turned into steps. Pass `max_steps` (optimizer steps), e.g. --max_steps 10000."
-        )
-    batches = math.ceil(num_examples / (args.per_device_train_batch_size * args.world_size))
-    return max(1, math.ceil(batches / args.gradient_accumulation_steps))
-
-
-def use_steps_for_epochs(args, steps_per_epoch: int | None) -> None:
-    """A stream has no length for the Trainer: set `max_steps`, and turn epoch-wise eval/save/logging into
-    every `steps_per_epoch` steps, which also keeps processes in step when their shards differ in size."""
-    if steps_per_epoch is None:
-        epoch_wise = [k for k in ("eval", "save") if getattr(getattr(args, f"{k}_strategy"), "value", None) == "epoch"]
-        if epoch_wise and args.world_size > 1:  # processes would reach "end of epoch" at different steps and hang
-            raise ConfigError(
-                f"A stream of unknown size has no common epoch end across {args.world_size} processes; set "
-                + " and ".join(f"`{k}_strategy: steps` with `{k}_steps`" for k in epoch_wise) + "."
-            )
-        return
-    if args.max_steps <= 0:
-        args.max_steps = steps_per_epoch * math.ceil(args.num_train_epochs)
-    for kind in ("eval", "save", "logging"):
-        strategy = getattr(args, f"{kind}_strategy")
-        if getattr(strategy, "value", strategy) == "epoch":
-            setattr(args, f"{kind}_strategy", IntervalStrategy.STEPS if kind != "save" else SaveStrategy.STEPS)
-            setattr(args, f"{kind}_steps", steps_per_epoch)
+        if self.is_world_process_zero():
+            repo_id = self.args.hub_model_id or getattr(self, "hub_model_id", None)
+            write_model_card(self.card_info, self.args, repo_id=repo_id, model_name=model_name)

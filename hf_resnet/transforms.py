@@ -5,7 +5,7 @@ Eval reproduces the processor's resize + center crop exactly (tests compare tens
 accuracy measured here is the accuracy `pipeline("image-classification")` gives on the same images. Note the
 HF example script resizes ResNet-50's eval images to 224 and crops 224, ignoring crop_pct (256 -> 224).
 
-Train is RandomResizedCrop + horizontal flip at the processor's crop size. `examples.py` applies them per
+Train is RandomResizedCrop + horizontal flip at the processor's crop size. `inputs.py` applies them per
 example inside the DataLoader workers.
 """
 
@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from .images import to_rgb
@@ -47,7 +46,7 @@ class PreprocessConfig:
     rescale_factor: float = 1 / 255
 
     @classmethod
-    def from_processor(cls, processor) -> "PreprocessConfig":
+    def from_processor(cls, processor) -> PreprocessConfig:
         """Read a HF image processor (ConvNext/ResNet, BiT, ViT styles) into a PreprocessConfig."""
         size = dict(processor.size) if processor.size is not None else {}
         size = {k: v for k, v in size.items() if v is not None}
@@ -76,7 +75,9 @@ class PreprocessConfig:
             hw = (int(size["height"]), int(size["width"]))
             crop_hw = (int(crop["height"]), int(crop["width"])) if do_crop else hw
             return cls(crop_hw, None, hw, do_crop, interpolation, mean, std, rescale)
-        raise ValueError(f"Unsupported image processor size {processor.size!r}; expected shortest_edge or height/width.")
+        raise ValueError(
+            f"Unsupported image processor size {processor.size!r}; expected shortest_edge or height/width."
+        )
 
 
 def _resize_shortest_edge(image: torch.Tensor, edge: int, interpolation) -> torch.Tensor:

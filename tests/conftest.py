@@ -1,7 +1,6 @@
 """Shared fixtures: everything offline, tiny, and made by the tests (no Hub, no downloads)."""
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,11 +14,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from transformers import AutoImageProcessor, ResNetConfig, ResNetForImageClassification  # noqa: E402
+
+from hf_resnet.bundled import resolve_asset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera_data"
-sys.path.insert(0, str(REPO / "recipes"))  # `import finetune` as the tests' handle on the recipe
+PHOTOS = Path(__file__).resolve().parent / "data" / "photos"  # 12 real JPEGs, ants/ and bees/ (see data/README.md)
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 200)}
 
@@ -57,7 +59,7 @@ def colour_folders(tmp_path_factory) -> dict[str, Path]:
 
 
 def recipe_args(output_dir: Path, folders: dict, **overrides) -> list[str]:
-    """Command-line arguments for a tiny, fast run of recipes/finetune.py on the colour folders."""
+    """Command-line arguments for a tiny, fast run of the fine-tuning recipe on the colour folders."""
     values = {
         "model_name_or_path": "null",  # build from config_name: no weights to download
         "config_name": "bundled:resnet-smoke",
@@ -82,3 +84,29 @@ def recipe_args(output_dir: Path, folders: dict, **overrides) -> list[str]:
             continue
         argv += [f"--{key}", str(value)]
     return argv
+
+
+def finetune(argv: list[str]) -> dict:
+    """The run exactly as `hf-resnet train ARGV` does it, in this process; returns its metrics."""
+    from hf_resnet.parser import parse_args
+    from hf_resnet.run import main
+
+    return main(*parse_args(argv))
+
+
+def save_checkpoint(path, names):
+    """A tiny ResNet 'pretrained' on `names`, saved with the smoke processor: stands in for a Hub checkpoint."""
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], layer_type="basic",
+                          num_labels=len(names), id2label=dict(enumerate(names)),
+                          label2id={n: i for i, n in enumerate(names)})
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(config)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so keeping them is a real check
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+    model.save_pretrained(path)
+    AutoImageProcessor.from_pretrained(resolve_asset("bundled:resnet-smoke")).save_pretrained(path)
+    return path
+

@@ -12,11 +12,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, make_image, make_image_folder
 from PIL import Image
 
-from conftest import REPO, make_image, make_image_folder
-from hf_resnet.audit import AuditError, audit_folder, format_report
 from hf_resnet.cli import main
+from hf_resnet.reports.audit import AuditError, audit_folder, format_report
 
 
 def noisy_jpeg() -> bytes:
@@ -126,7 +126,7 @@ def test_cli_exit_codes_and_json(problem_folder, tmp_path):
         for name, (folder, _) in cases.items()
     }
     results = {name: (run.wait(timeout=120), *run.communicate()) for name, run in runs.items()}
-    for name, (folder, code) in cases.items():
+    for name, (_, code) in cases.items():
         assert results[name][0] == code, (name, results[name])
     assert json.loads((tmp_path / "problems.json").read_text())["ok"] is False
     assert "3 problem(s)" in results["problems"][1] and "leak.png" in results["problems"][1]

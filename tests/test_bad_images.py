@@ -3,14 +3,12 @@
 import json
 import shutil
 
-import finetune
 import numpy as np
 import pytest
-from conftest import make_image, make_image_folder, recipe_args
+from conftest import finetune, make_image, make_image_folder, recipe_args
 from PIL import Image
 
-from hf_resnet.parser import parse_args
-from hf_resnet.skips import TooManySkippedImages
+from hf_resnet.errors import TooManySkippedImages
 
 
 def add_bad_files(folder, prefix):
@@ -21,7 +19,8 @@ def add_bad_files(folder, prefix):
     jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])
     (folder / "red" / f"{prefix}_empty.jpg").write_bytes(b"")
     (folder / "red" / f"{prefix}_text.jpg").write_text("this is not an image")
-    Image.new("RGB", (300, 300), (200, 30, 30)).save(folder / "red" / f"{prefix}_huge.png")  # over max_image_pixels below
+    # over max_image_pixels below
+    Image.new("RGB", (300, 300), (200, 30, 30)).save(folder / "red" / f"{prefix}_huge.png")
     return {jpeg.name, f"{prefix}_empty.jpg", f"{prefix}_text.jpg", f"{prefix}_huge.png"}
 
 
@@ -39,10 +38,10 @@ def broken_folders(tmp_path_factory):
 def test_bad_files_are_skipped_listed_and_not_scored(tmp_path, broken_folders, streaming):
     folders, bad = broken_folders
     out = tmp_path / "out"
-    metrics = finetune.main(*parse_args(recipe_args(
+    metrics = finetune(recipe_args(
         out, folders, streaming=streaming, dataloader_num_workers="2", num_train_epochs="2",
         max_image_pixels="50000", max_skipped_share="0.15",  # 4 of 34 validation images = 11.8%: tolerated
-    )))
+    ))
     report = json.loads((out / "skipped_images.json").read_text())
     for split in ("train", "validation"):
         files = {entry["file"].rsplit("/", 1)[-1] for entry in report[split]["files"]}
@@ -59,8 +58,8 @@ def test_bad_files_are_skipped_listed_and_not_scored(tmp_path, broken_folders, s
 def test_too_many_bad_files_stop_the_run_and_name_them(tmp_path, broken_folders):
     folders, bad = broken_folders
     with pytest.raises(TooManySkippedImages, match="max_skipped_share") as info:
-        finetune.main(*parse_args(recipe_args(tmp_path / "out", folders, num_train_epochs="1",
-                                              max_image_pixels="50000", max_skipped_share="0.01")))
+        finetune(recipe_args(tmp_path / "out", folders, num_train_epochs="1",
+                                              max_image_pixels="50000", max_skipped_share="0.01"))
     assert any(name in str(info.value) for name in bad["train"])
 
 
@@ -70,8 +69,8 @@ def test_unlabeled_test_images_that_fail_are_marked_in_predictions(tmp_path, col
     shutil.copytree(colour_folders["test"], test)
     (test / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     out = tmp_path / "out"
-    finetune.main(*parse_args(recipe_args(out, colour_folders, test_dir=test, num_train_epochs="1",
-                                          max_skipped_share="0.5")))
+    finetune(recipe_args(out, colour_folders, test_dir=test, num_train_epochs="1",
+                                          max_skipped_share="0.5"))
     rows = [line.split(",") for line in (out / "predictions.csv").read_text().strip().splitlines()[1:]]
     assert len(rows) == 7
     broken = [r for r in rows if r[1].endswith("broken.jpg")]
@@ -88,9 +87,9 @@ def test_odd_valid_images_train_like_any_other(tmp_path):
     make_image((30, 180, 40), rng).convert("P").save(folder / "green" / "palette.png")
     make_image((30, 40, 200), rng).convert("LA").save(folder / "blue" / "la.png")
     Image.fromarray((np.arange(1600).reshape(40, 40) * 40).astype(np.uint16)).save(folder / "blue" / "gray16.png")
-    from hf_resnet.data import load_image_data
     from hf_resnet.configs import DataArguments
-    from hf_resnet.examples import ExampleTransform, attach
+    from hf_resnet.data import load_image_data
+    from hf_resnet.inputs import ExampleTransform, attach
     data = load_image_data(DataArguments(train_dir=str(folder), validation_dir=str(folder)))
     records = []
 
@@ -111,8 +110,8 @@ def test_all_bad_validation_stops_with_the_report_not_a_crash(tmp_path, colour_f
     for image in validation.rglob("*.png"):
         image.write_bytes(b"not an image")
     with pytest.raises(TooManySkippedImages, match="6 of 6 validation images"):
-        finetune.main(*parse_args(recipe_args(tmp_path / "out", {**colour_folders, "validation": validation},
-                                              num_train_epochs="1")))
+        finetune(recipe_args(tmp_path / "out", {**colour_folders, "validation": validation},
+                                              num_train_epochs="1"))
 
 
 @pytest.mark.slow
@@ -122,9 +121,9 @@ def test_a_fresh_run_does_not_inherit_the_previous_runs_skips(tmp_path, colour_f
     broken = validation / "red" / "broken.png"
     broken.write_bytes(b"")
     out = tmp_path / "out"
-    finetune.main(*parse_args(recipe_args(out, {**colour_folders, "validation": validation}, num_train_epochs="1",
-                                          max_skipped_share="1")))
+    finetune(recipe_args(out, {**colour_folders, "validation": validation}, num_train_epochs="1",
+                                          max_skipped_share="1"))
     broken.unlink()  # fixed
-    finetune.main(*parse_args(recipe_args(out, {**colour_folders, "validation": validation}, num_train_epochs="1",
-                                          resume_from_checkpoint="false")))
+    finetune(recipe_args(out, {**colour_folders, "validation": validation}, num_train_epochs="1",
+                                          resume_from_checkpoint="false"))
     assert not (out / "skipped_images.jsonl").exists() and (out / "skipped_images.previous.jsonl").exists()

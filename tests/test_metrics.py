@@ -23,7 +23,8 @@ def test_matches_sklearn_on_random_logits():
     predictions = logits.argmax(axis=1)
     assert got["accuracy"] == pytest.approx(accuracy_score(labels, predictions))
     assert got["top5_accuracy"] == pytest.approx(top_k_accuracy_score(labels, logits, k=5, labels=range(12)))
-    assert got["precision_macro"] == pytest.approx(precision_score(labels, predictions, average="macro", zero_division=0))
+    precision = precision_score(labels, predictions, average="macro", zero_division=0)
+    assert got["precision_macro"] == pytest.approx(precision)
     assert got["recall_macro"] == pytest.approx(recall_score(labels, predictions, average="macro", zero_division=0))
     assert got["f1_macro"] == pytest.approx(f1_score(labels, predictions, average="macro", zero_division=0))
     assert got["samples"] == 500
@@ -35,7 +36,8 @@ def test_class_never_predicted_counts_with_zero_precision():
     logits[np.arange(6), [0, 0, 1, 1, 0, 1]] = 1.0  # class 2 is never predicted
     got = score(logits, labels)
     predictions = np.array([0, 0, 1, 1, 0, 1])
-    assert got["precision_macro"] == pytest.approx(precision_score(labels, predictions, average="macro", zero_division=0))
+    precision = precision_score(labels, predictions, average="macro", zero_division=0)
+    assert got["precision_macro"] == pytest.approx(precision)
     assert got["recall_macro"] == pytest.approx(2 / 3)
     assert got["f1_macro"] == pytest.approx(f1_score(labels, predictions, average="macro", zero_division=0))
     assert "top5_accuracy" not in got  # 3 classes: top-5 is always 1 and is left out

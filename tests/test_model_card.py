@@ -3,29 +3,26 @@
 import json
 from concurrent.futures import Future
 
-import finetune
 import pytest
 import transformers.trainer
 import yaml
-from conftest import recipe_args
+from conftest import finetune, recipe_args
 from model_card_pattern import MODEL_CARD_PATTERN
 from test_modeling import save_checkpoint
 
 from hf_resnet.configs import FinetuneTrainingArguments
-from hf_resnet.model_card import render_model_card
-from hf_resnet.parser import parse_args
+from hf_resnet.reports.model_card import CardInfo, render_model_card
 
 
 def card_text(**overrides):
     values = dict(
-        model_name="resnet-50-ants", repo_id="me/resnet-50-ants", base_model="microsoft/resnet-50",
-        dataset_name="hymenoptera", dataset_id=None, labels=["ants", "bees"],
+        base_model="microsoft/resnet-50", dataset_name="hymenoptera", dataset_id=None, labels=["ants", "bees"],
         eval_metrics={"eval_accuracy": 0.9215, "eval_f1_macro": 0.92, "eval_loss": 0.3, "eval_samples": 153},
         eval_split="validation", eval_examples=153, train_examples=244, tuning="full",
-        training_args=FinetuneTrainingArguments(output_dir="unused", learning_rate=0.001),
     )
     values.update(overrides)
-    return str(render_model_card(**values))
+    training_args = FinetuneTrainingArguments(output_dir="unused", learning_rate=0.001)
+    return str(render_model_card(CardInfo(**values), training_args, "resnet-50-ants", "me/resnet-50-ants"))
 
 
 def test_card_has_required_sections_and_metrics():
@@ -62,7 +59,8 @@ def test_push_to_hub_uploads_model_processor_metrics_and_card(tmp_path, colour_f
             root = Path(folder_path)
             files = sorted(
                 str(p.relative_to(root)) for p in root.rglob("*")
-                if p.is_file() and not any(fnmatch(part, pat) for part in p.relative_to(root).parts for pat in ignore_patterns)
+                if p.is_file()
+                and not any(fnmatch(part, pat) for part in p.relative_to(root).parts for pat in ignore_patterns)
             )
             card = root / "README.md"  # checkpoint pushes during training come before the card exists
             uploads.append({"repo_id": repo_id, "files": files, "card": card.read_text() if card.is_file() else None})
@@ -74,9 +72,9 @@ def test_push_to_hub_uploads_model_processor_metrics_and_card(tmp_path, colour_f
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeHub())
     ckpt = save_checkpoint(tmp_path / "ckpt", ["a", "b"])
     out = tmp_path / "colours-model"
-    finetune.main(*parse_args(recipe_args(out, colour_folders, model_name_or_path=str(ckpt), config_name=None,
+    finetune(recipe_args(out, colour_folders, model_name_or_path=str(ckpt), config_name=None,
                                           push_to_hub="true", hub_model_id="me/colours-model", num_train_epochs="1",
-                                          save_strategy="epoch")))
+                                          save_strategy="epoch"))
     final = uploads[-1]
     assert final["repo_id"] == "me/colours-model"
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "all_results.json", "README.md"):

@@ -9,19 +9,24 @@ import pytest
 from conftest import REPO, recipe_args
 
 
+def launch(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml recipes/finetune.py ARGS`, as a user
+    runs it; asserts exit 0."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"),
+        str(REPO / "recipes" / "finetune.py"), *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
 @pytest.mark.slow
 @pytest.mark.parametrize("streaming", ["false", "true"])
 def test_two_processes_share_the_work_and_score_each_example_once(tmp_path, colour_folders, streaming):
     out = tmp_path / "out"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"),
-        str(REPO / "recipes" / "finetune.py"),
-        *recipe_args(out, colour_folders, num_train_epochs="2", streaming=streaming),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    launch(recipe_args(out, colour_folders, num_train_epochs="2", streaming=streaming))
 
     state = json.loads((out / "trainer_state.json").read_text())
     # 72 images, 8 per process per step: 2 processes -> 5 steps per epoch (one process alone would need 9)
@@ -39,15 +44,8 @@ def test_a_batch_of_only_broken_images_on_one_process_does_not_hang(tmp_path, co
     for image in sorted(train.rglob("*.png"))[:8]:
         image.write_bytes(b"")
     out = tmp_path / "out"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"), str(REPO / "recipes" / "finetune.py"),
-        *recipe_args(out, {"train": train, "validation": colour_folders["validation"]}, num_train_epochs="1",
-                     per_device_train_batch_size="2", max_skipped_share="1"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    launch(recipe_args(out, {"train": train, "validation": colour_folders["validation"]}, num_train_epochs="1",
+                       per_device_train_batch_size="2", max_skipped_share="1"), timeout=300)
     assert json.loads((out / "skipped_images.json").read_text())["train"]["skipped"] == 8
 
 
@@ -67,14 +65,7 @@ def test_two_processes_on_a_multi_shard_stream_of_unknown_size(tmp_path, colour_
     args = recipe_args(out, {"train": None, "validation": None}, streaming="true", max_steps="6",
                        eval_strategy="steps", eval_steps="3", save_strategy="steps", save_steps="3")
     args = [a for a in args if a not in ("--train_dir", "--validation_dir", "None")]
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"), str(REPO / "recipes" / "finetune.py"),
-        *args, "--dataset_name", str(tmp_path / "pq"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    launch([*args, "--dataset_name", str(tmp_path / "pq")], timeout=300)
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     assert json.loads((out / "all_results.json").read_text())["eval_samples"] == 24

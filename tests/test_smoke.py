@@ -2,12 +2,10 @@
 
 import json
 
-import finetune
 import pytest
-from conftest import REPO
+from conftest import finetune
 
 from hf_resnet.bundled import digits_image_folder
-from hf_resnet.parser import parse_args
 
 
 def test_digits_folder_is_rendered_once_and_stratified(tmp_path):
@@ -24,7 +22,7 @@ def test_digits_folder_is_rendered_once_and_stratified(tmp_path):
 @pytest.mark.slow
 def test_smoke_recipe_reaches_90_percent(tmp_path):
     out = tmp_path / "smoke"
-    finetune.main(*parse_args(["--config", str(REPO / "recipes/smoke/digits_smoke.yaml"), "--output_dir", str(out)]))
+    finetune(["--config", "smoke/digits_smoke", "--output_dir", str(out)])
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_accuracy"] >= 0.90, results
     assert results["eval_samples"] == 270

@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 import torch
-from conftest import HYMENOPTERA
+from conftest import PHOTOS
 from PIL import Image
 from transformers import AutoImageProcessor, BitImageProcessor, ViTImageProcessor
 
 from hf_resnet.bundled import resolve_asset
-from hf_resnet.examples import collate
 from hf_resnet.images import to_rgb
+from hf_resnet.inputs import collate
 from hf_resnet.transforms import PreprocessConfig, build_eval_transform, build_train_transform
 
-PHOTOS = sorted(HYMENOPTERA.glob("val/*/*.jpg"))[::4]  # ants and bees of many sizes and aspect ratios
+PHOTO_FILES = sorted(PHOTOS.glob("*/*.jpg"))  # ants and bees of many sizes and aspect ratios
 
 
 def resnet50_processor():
@@ -22,11 +22,11 @@ def resnet50_processor():
 
 @pytest.mark.parametrize("make_processor", [resnet50_processor, ViTImageProcessor, BitImageProcessor])
 def test_eval_transform_equals_processor_on_photos(make_processor):
-    assert len(PHOTOS) >= 30, f"expected the hymenoptera photos under {HYMENOPTERA}"
+    assert len(PHOTO_FILES) >= 12, f"expected the test photos under {PHOTOS}"
     processor = make_processor()
     transform = build_eval_transform(PreprocessConfig.from_processor(processor))
     sizes = set()
-    for path in PHOTOS:
+    for path in PHOTO_FILES:
         image = Image.open(path)
         sizes.add(image.size)
         ours = transform(image)
@@ -46,12 +46,13 @@ def test_resnet50_config_reads_crop_pct():
 def test_train_transform_shape_and_randomness():
     cfg = PreprocessConfig.from_processor(resnet50_processor())
     transform = build_train_transform(cfg, scale=(0.08, 1.0), flip=0.5)
-    image = Image.open(PHOTOS[0])
+    image = Image.open(PHOTO_FILES[0])
     torch.manual_seed(0)
     a, b = transform(image), transform(image)
     assert a.shape == b.shape == (3, 224, 224) and a.dtype == torch.float32
     assert not torch.equal(a, b)  # random crops differ
-    batch = collate([{"pixel_values": a, "labels": 1, "example_ids": 0}, {"pixel_values": b, "labels": 0, "example_ids": 1}])
+    batch = collate([{"pixel_values": a, "labels": 1, "example_ids": 0},
+                     {"pixel_values": b, "labels": 0, "example_ids": 1}])
     assert batch["pixel_values"].shape == (2, 3, 224, 224) and batch["labels"].tolist() == [1, 0]
 
 

@@ -1,16 +1,21 @@
-"""Render the model card (`model_card.md` at the top of the repo, shipped as `hf_resnet/templates/`) into
-`output_dir/README.md` with `huggingface_hub.ModelCard`; its `model-index` metadata makes the Hub show the metrics.
+"""The model card: `CardInfo` (what the run knows that the Trainer does not) rendered through the template
+(`model_card.md` at the top of the repo, shipped as `hf_resnet/templates/`) into `output_dir/README.md` with
+`huggingface_hub.ModelCard`; its `model-index` metadata makes the Hub show the metrics.
+
+A new card field is one field on `CardInfo`, the line of the run that fills it, and its place in the template.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+TEMPLATE = Path(__file__).parents[1] / "templates" / "model_card.md"
 HYPERPARAMETERS = (
     "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
     "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "seed",
@@ -41,36 +46,39 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def render_model_card(
-    *,
-    model_name: str,
-    repo_id: str,
-    base_model: str | None,
-    dataset_name: str,
-    dataset_id: str | None,
-    labels: list[str],
-    eval_metrics: dict[str, float],
-    eval_split: str,
-    eval_examples: int | str,
-    train_examples: int | str,
-    tuning: str,
-    training_args,
-) -> ModelCard:
-    """Build the card; `eval_metrics` keys may carry the Trainer's `eval_` prefix.
+@dataclass
+class CardInfo:
+    """What the model card says that the Trainer does not know; every field reaches the template by its name."""
+
+    base_model: str | None
+    dataset_name: str
+    dataset_id: str | None
+    labels: list[str]
+    tuning: str
+    train_examples: int | str = "unknown"
+    eval_examples: int | str = "unknown"
+    eval_split: str = "validation"
+    eval_metrics: dict = field(default_factory=dict)
+
+
+def render_model_card(info: CardInfo, training_args, model_name: str, repo_id: str) -> ModelCard:
+    """Build the card; `info.eval_metrics` keys may carry the Trainer's `eval_` prefix.
 
     `base_model` / `dataset_id` go into the Hub metadata only when they are Hub ids: a local folder is named in
     the text, not linked.
     """
+    base_model, dataset_id = info.base_model, info.dataset_id
     base_model_name = Path(base_model).name if base_model and os.path.isdir(base_model) else base_model
     base_model = base_model if _is_hub_id(base_model) else None
     dataset_id = dataset_id if _is_hub_id(dataset_id) else None
-    metrics = {k.removeprefix("eval_"): float(v) for k, v in eval_metrics.items()}
+    metrics = {k.removeprefix("eval_"): float(v) for k, v in info.eval_metrics.items()}
     metrics = {k: v for k, v in metrics.items() if k in CARD_METRICS}
     eval_results = [
         EvalResult(
             task_type="image-classification", task_name="Image Classification",
-            dataset_type=dataset_id or dataset_name, dataset_name=dataset_name, dataset_split=eval_split,
-            metric_type=CARD_METRICS[k][0], metric_name=CARD_METRICS[k][1], metric_value=round(v, 4),
+            dataset_type=dataset_id or info.dataset_name, dataset_name=info.dataset_name,
+            dataset_split=info.eval_split, metric_type=CARD_METRICS[k][0], metric_name=CARD_METRICS[k][1],
+            metric_value=round(v, 4),
         )
         for k, v in metrics.items()
     ]
@@ -87,21 +95,25 @@ def render_model_card(
     )
     hyperparameters = {name: getattr(training_args, name) for name in HYPERPARAMETERS if hasattr(training_args, name)}
     hyperparameters = {k: (v.value if hasattr(v, "value") else v) for k, v in hyperparameters.items()}
-    return ModelCard.from_template(
-        card_data,
-        template_path=str(TEMPLATE),
-        model_name=model_name,
-        repo_id=repo_id,
-        base_model=base_model,
-        base_model_name=base_model_name,
-        dataset_name=dataset_name,
-        num_labels=len(labels),
-        labels=labels,
-        eval_metrics={CARD_METRICS[k][1]: v for k, v in metrics.items()},
-        eval_split=eval_split,
-        eval_examples=eval_examples,
-        train_examples=train_examples,
-        tuning=tuning,
-        hyperparameters=hyperparameters,
-        versions=_versions(),
-    )
+    values = {
+        **dataclasses.asdict(info),  # every CardInfo field, by its name
+        "base_model": base_model,
+        "dataset_id": dataset_id,
+        "eval_metrics": {CARD_METRICS[k][1]: v for k, v in metrics.items()},
+        "model_name": model_name,
+        "repo_id": repo_id,
+        "base_model_name": base_model_name,
+        "num_labels": len(info.labels),
+        "hyperparameters": hyperparameters,
+        "versions": _versions(),
+    }
+    return ModelCard.from_template(card_data, template_path=str(TEMPLATE), **values)
+
+
+def write_model_card(info: CardInfo, training_args, repo_id: str | None = None, model_name: str | None = None) -> Path:
+    """Render the card into `output_dir/README.md`; returns its path."""
+    output_dir = Path(training_args.output_dir)
+    repo_id = repo_id or training_args.hub_model_id or output_dir.name
+    card = render_model_card(info, training_args, model_name=model_name or repo_id.split("/")[-1], repo_id=repo_id)
+    card.save(output_dir / "README.md")
+    return output_dir / "README.md"

@@ -10,31 +10,30 @@ across splits; classes missing from train. `format_report(report)` renders it as
 from __future__ import annotations
 
 import hashlib
-import io
 import statistics
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .images import (
-    DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VALIDATION_SPLITS, ImageDecodeError, _own_size_limit, decode_image,
-)
+from ..constants import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VALIDATION_SPLITS
+from ..errors import HfResnetError
+from ..folders import is_ignored, is_ignored_folder, walk
+from ..images import ImageDecodeError, decode_image, stored_mode
 
 EXTREME_ASPECT = 10.0  # longer side / shorter side
 PROGRESS_MIN_FILES = 500  # show a progress bar from this many image files on
 
 
-class AuditError(ValueError):
+class AuditError(HfResnetError, ValueError):
     """The folder cannot be audited (missing, not a folder, no images); the message names the fix."""
 
 
 def _find_splits(root: Path) -> tuple[dict[str, Path], list[str]]:
     """-> (split name -> folder, names of other sub-folders ignored); a bare class tree is the split "train"."""
     validation_names = VALIDATION_SPLITS
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not is_ignored_folder(p.name))
     splits = {p.name: p for p in folders if p.name in ("train", *validation_names, "test")}
     if "train" not in splits and not any(name in splits for name in validation_names):
         return {"train": root}, []
@@ -42,16 +41,20 @@ def _find_splits(root: Path) -> tuple[dict[str, Path], list[str]]:
 
 
 def _scan(root: Path, splits: dict[str, Path]) -> tuple[list[tuple[str, str | None, Path]], Counter, Counter]:
-    """-> ([(split, class or None, file)], non-image files per split, hidden entries per split)."""
-    files, non_image, hidden, extensions = [], Counter(), Counter(), IMAGE_EXTENSIONS
+    """-> ([(split, class or None, file)], non-image files per split, ignored (hidden) files per split).
+
+    Files count by `folders`' one rule, the one training uses: what it ignores, the audit counts as hidden.
+    """
+    files, non_image, hidden = [], Counter(), Counter()
     for split, folder in splits.items():
-        for path in sorted(folder.rglob("*")):
-            rel = path.relative_to(folder)
-            if any(part.startswith(".") for part in rel.parts):  # .DS_Store, ._x.jpg: `datasets` skips them too
-                hidden[split] += path.is_file()
-            elif path.is_file() and path.suffix.lower() in extensions:
+        hidden[split] = sum(
+            1 for path in folder.rglob("*") if path.is_file() and is_ignored(path.relative_to(folder))
+        )
+        for path, image in walk(folder):
+            if image:
+                rel = path.relative_to(folder)
                 files.append((split, rel.parts[0] if len(rel.parts) > 1 else None, path))
-            elif path.is_file():
+            else:
                 non_image[split] += 1
     return files, non_image, hidden
 
@@ -64,8 +67,7 @@ def _inspect(path: Path, max_pixels: int | None) -> tuple[str, dict]:
         with warnings.catch_warnings():  # Pillow's palette/EXIF warnings: the audit reports what matters itself
             warnings.simplefilter("ignore")
             picture = decode_image({"bytes": data, "path": str(path)}, max_pixels)
-            with _own_size_limit(), Image.open(io.BytesIO(data)) as header:  # reads the header only
-                mode = header.mode
+            mode = stored_mode(data)
     except ImageDecodeError as err:
         return digest, {"reason": str(err)}
     return digest, {"mode": mode, "size": picture.size}
@@ -79,7 +81,7 @@ def _stats(values: list[int]) -> dict:
 
 def _split_report(split: str, folder: Path, root: Path, entries: list, non_image: int, hidden: int) -> dict:
     """entries: [(class or None, file, info)] of one split."""
-    class_folders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_folders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_ignored_folder(p.name))
     classes = dict.fromkeys(class_folders, 0)
     undecodable, modes, sizes, extreme, unlabeled, nested = [], Counter(), [], [], 0, []
     for label, path, info in entries:
@@ -151,10 +153,13 @@ def _problems_and_warnings(report: dict) -> tuple[list[str], list[str]]:
             problems.append(f"{split}: {info['unlabeled']} file(s) directly in the split folder, outside any class; "
                             "training refuses them: move them into class sub-folders")
         elif info["unlabeled"] and info["classes"]:
+            label = Path(report["data"], info["folder"]).name
             warns.append(f"{split}: {info['unlabeled']} file(s) directly in the split folder, outside any class "
-                         f"(an image folder would label them {Path(report['data'], info['folder']).name!r}); move them")
+                         f"(an image folder would label them {label!r}); move them")
         if info["extreme_aspect"]:
-            warns.append(f"{split}: {len(info['extreme_aspect'])} image(s) with aspect ratio over {EXTREME_ASPECT:g}:1")
+            warns.append(
+                f"{split}: {len(info['extreme_aspect'])} image(s) with aspect ratio over {EXTREME_ASPECT:g}:1"
+            )
     if train is not None and len(train) < 2:
         problems.append(f"train: {len(train)} class(es); a classifier needs at least 2 class sub-folders")
     if train is None:
@@ -174,7 +179,9 @@ def audit_folder(path, max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: bo
     if not root.exists():
         raise AuditError(f"{str(path)!r} does not exist; pass the dataset folder (with train/ and val/ inside).")
     if not root.is_dir():
-        raise AuditError(f"{str(path)!r} is not a folder; pass the folder that holds train/ and val/ (or the classes).")
+        raise AuditError(
+            f"{str(path)!r} is not a folder; pass the folder that holds train/ and val/ (or the classes)."
+        )
     splits, ignored = _find_splits(root)
     files, non_image, hidden = _scan(root, splits)
     if not files:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .examples import file_names
+from ..inputs import file_names
 
 
 def write_predictions(path: Path, output, dataset, labels: list[str], skipped: dict[int, str] | None = None) -> int:

@@ -2,17 +2,14 @@
 
 import json
 
-import finetune
 import pytest
-from conftest import recipe_args
+from conftest import finetune, recipe_args
 from transformers import pipeline
-
-from hf_resnet.parser import parse_args
 
 
 def run_recipe(tmp_path, folders, **overrides):
     out = tmp_path / "out"
-    metrics = finetune.main(*parse_args(recipe_args(out, folders, **overrides)))
+    metrics = finetune(recipe_args(out, folders, **overrides))
     return out, metrics
 
 
@@ -120,7 +117,7 @@ def test_labeled_test_folder_with_some_classes_is_scored_by_name(tmp_path, colou
 def test_test_folder_with_unknown_classes_is_refused(tmp_path, colour_folders):
     from conftest import make_image_folder
 
-    from hf_resnet.data import DataError
+    from hf_resnet.errors import DataError
 
     test = make_image_folder(tmp_path / "test", 2, seed=5, classes={"cyan": (0, 200, 200), "grey": (90, 90, 90)})
     with pytest.raises(DataError, match="not training classes: \\['cyan', 'grey'\\]"):
@@ -130,7 +127,7 @@ def test_test_folder_with_unknown_classes_is_refused(tmp_path, colour_folders):
 def test_evaluate_only_refuses_a_replaced_head(tmp_path, colour_folders):
     from test_modeling import save_checkpoint
 
-    from hf_resnet.data import DataError
+    from hf_resnet.errors import DataError
 
     ckpt = save_checkpoint(tmp_path / "ckpt", ["cat", "dog", "bird"])
     with pytest.raises(DataError, match="head would be replaced"):

@@ -1,15 +1,16 @@
-"""Bad input stops before training, with a message that names the field and the fix (offline, fast)."""
+"""Loading data: columns, labels, folders, validation splits and a stream's steps. Each bad input stops before
+training with a message that names the field and the fix (offline, fast)."""
 
-import finetune
+from types import SimpleNamespace
+
 import pytest
-from conftest import REPO, make_image_folder, recipe_args
+from conftest import make_image_folder
 from datasets import ClassLabel, Features, Image, Value
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
-from hf_resnet.data import DataError, _resolve_columns, load_image_data
-from hf_resnet.modeling import ModelLoadError, load_config
-from hf_resnet.parser import ConfigError, parse_args
-from hf_resnet.trainer import streaming_steps_per_epoch
+from hf_resnet.configs import DataArguments, FinetuneTrainingArguments
+from hf_resnet.data import _resolve_columns, load_image_data, streaming_steps_per_epoch, use_steps_for_epochs
+from hf_resnet.errors import ConfigError, DataError
 
 TWO_CLASSES = {"red": (200, 30, 30), "blue": (30, 40, 200)}
 
@@ -20,9 +21,6 @@ def data_args(**overrides) -> DataArguments:
 
 def features(image="image", label="label", label_feature=None) -> Features:
     return Features({image: Image(), label: label_feature or ClassLabel(names=["cat", "dog"])})
-
-
-# 1. Missing columns ---------------------------------------------------------------------------------------------
 
 
 def test_resolve_columns_finds_default_columns():
@@ -62,16 +60,10 @@ def test_missing_label_column_in_image_folder(tmp_path):
         load_image_data(DataArguments(train_dir=str(train), label_column_name="nope"))
 
 
-# 2. Labels that are not a ClassLabel ------------------------------------------------------------------------------
-
-
 def test_string_labels_are_rejected_with_class_encode_hint():
     feats = features(label_feature=Value("string"))
     with pytest.raises(DataError, match=r"not a ClassLabel.*`label_column_name`.*class_encode_column\('label'\)"):
         _resolve_columns(feats, data_args())
-
-
-# 3. Empty folders -------------------------------------------------------------------------------------------------
 
 
 def test_empty_train_dir(tmp_path):
@@ -91,16 +83,16 @@ def test_train_dir_that_does_not_exist(tmp_path):
         load_image_data(DataArguments(train_dir=str(tmp_path / "missing")))
 
 
-# 4. One class -----------------------------------------------------------------------------------------------------
-
-
 def test_one_class_is_rejected():
     feats = features(label_feature=ClassLabel(names=["only"]))
     with pytest.raises(DataError, match=r"has 1 class.*at least 2"):
         _resolve_columns(feats, data_args())
 
 
-# 5. Streaming without a known size --------------------------------------------------------------------------------
+def test_image_folder_with_one_class_is_rejected(tmp_path):
+    train = make_image_folder(tmp_path / "train", 2, 0, classes={"red": (200, 30, 30)})
+    with pytest.raises(DataError, match="at least 2"):
+        load_image_data(DataArguments(train_dir=str(train)))
 
 
 def training_args(tmp_path, **overrides) -> FinetuneTrainingArguments:
@@ -124,101 +116,6 @@ def test_streaming_steps_per_epoch_known_size(tmp_path, num_examples, batch, acc
     args = training_args(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
     assert args.world_size == 1
     assert streaming_steps_per_epoch(num_examples, args) == expected
-
-
-# 6. Recipes: unknown keys, CLI overrides, unknown flags -----------------------------------------------------------
-
-
-def write_recipe(tmp_path, body: str):
-    path = tmp_path / "recipe.yaml"
-    base = f"model_name_or_path: null\nconfig_name: bundled:resnet-smoke\ntrain_dir: {tmp_path}\n"
-    path.write_text(base + f"output_dir: {tmp_path / 'out'}\nreport_to: none\n" + body)
-    return str(path)
-
-
-def test_unknown_yaml_key_names_key_and_close_field(tmp_path):
-    path = write_recipe(tmp_path, "learning_rat: 0.1\n")
-    with pytest.raises(ConfigError, match=r"Unknown key 'learning_rat'.*Did you mean 'learning_rate'\?"):
-        parse_args(["--config", path])
-
-
-def test_yaml_sets_defaults_and_cli_overrides(tmp_path):
-    path = write_recipe(tmp_path, "learning_rate: 0.1\nhorizontal_flip: 0.0\n")
-    model_args, data_args_, train_args = parse_args(["--config", path])
-    assert train_args.learning_rate == 0.1 and data_args_.horizontal_flip == 0.0
-    assert model_args.model_name_or_path is None and data_args_.train_dir == str(tmp_path)
-    _, data_args_, train_args = parse_args([f"--config={path}", "--learning_rate", "0.5"])
-    assert train_args.learning_rate == 0.5 and data_args_.horizontal_flip == 0.0
-
-
-def test_unknown_cli_flag(tmp_path):
-    path = write_recipe(tmp_path, "")
-    with pytest.raises(ConfigError, match=r"Unknown command-line arguments \['--learning_rte', '0.5'\]"):
-        parse_args(["--config", path, "--learning_rte", "0.5"])
-
-
-def test_missing_recipe_file(tmp_path):
-    with pytest.raises(ConfigError, match=r"does not exist; pass --config"):
-        parse_args(["--config", str(tmp_path / "nope.yaml")])
-
-
-# 7. Unreachable hub id --------------------------------------------------------------------------------------------
-
-
-def test_unreachable_hub_id_names_both_ways_on():
-    with pytest.raises(ModelLoadError) as info:
-        load_config(ModelArguments(model_name_or_path="someone/does-not-exist-xyz"))
-    message = str(info.value)
-    assert "'someone/does-not-exist-xyz'" in message
-    assert "`model_name_or_path` at a local checkpoint folder" in message
-    assert "recipes/finetune.py --config recipes/smoke/digits_smoke.yaml" in message
-
-
-# 8. End to end through the recipe: stops before training ----------------------------------------------------------
-
-
-def test_recipe_batch_larger_than_train_set_stops_before_training(tmp_path, colour_folders):
-    out = tmp_path / "out"
-    args = parse_args(recipe_args(out, colour_folders, per_device_train_batch_size="1000"))
-    with pytest.raises(DataError, match=r"72 images, fewer than one batch \(1000.*lower `per_device_train_batch_size`"):
-        finetune.main(*args)
-    assert not list(out.rglob("model.safetensors")) and not list(out.glob("checkpoint-*"))
-
-
-# 9. Argument dataclasses reject nonsense --------------------------------------------------------------------------
-
-
-def test_bogus_tuning():
-    with pytest.raises(ValueError, match=r"`tuning` must be 'full' or 'linear_probe', got 'bogus'"):
-        ModelArguments(tuning="bogus")
-
-
-def test_no_data_source():
-    with pytest.raises(ValueError, match=r"No data: set `dataset_name`.*`train_dir`/`validation_dir`"):
-        DataArguments()
-
-
-def test_no_model_and_no_config():
-    with pytest.raises(ValueError, match=r"Set `model_name_or_path`.*`config_name`"):
-        ModelArguments(model_name_or_path="null")
-
-
-def test_image_folder_with_one_class_is_rejected(tmp_path):
-    train = make_image_folder(tmp_path / "train", 2, 0, classes={"red": (200, 30, 30)})
-    with pytest.raises(DataError, match="at least 2"):
-        load_image_data(DataArguments(train_dir=str(train)))
-
-
-def test_abbreviated_cli_flag_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match="learning_rat"):
-        parse_args(["--train_dir", str(tmp_path), "--output_dir", str(tmp_path), "--learning_rat", "0.5"])
-
-
-@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate"))
-def test_every_shipped_recipe_parses(recipe):
-    path = next((REPO / "recipes").glob(f"*/{recipe}"))
-    model_args, data_args, training_args = parse_args(["--config", str(path)])
-    assert training_args.output_dir.startswith("outputs/")
 
 
 def test_streamed_split_without_validation_never_overlaps(tmp_path):
@@ -263,7 +160,8 @@ def test_hash_split_share_is_close_to_train_val_split():
     """Similar paths must not cluster (crc32 held out 31 of 60 'img_NN.png' for a 25% share)."""
     from hf_resnet.data import _held_out
 
-    held = sum(_held_out({"image": {"path": f"/data/train/cat/img_{i:05d}.png"}}, "image", 0.25, 42) for i in range(4000))
+    paths = (f"/data/train/cat/img_{i:05d}.png" for i in range(4000))
+    held = sum(_held_out({"image": {"path": path}}, "image", 0.25, 42) for path in paths)
     assert 0.22 <= held / 4000 <= 0.28
     # the 60 paths of the CI run where crc32 held out 31 (blake2b: 21; binomial 15 +- 3.4)
     base = "/tmp/pytest-of-root/pytest-69/test_streamed_split_without_va0/img_"
@@ -280,3 +178,15 @@ def test_images_outside_class_folders_are_refused(tmp_path, where):
     PILImage.new("RGB", (8, 8)).save(train / where)
     with pytest.raises(DataError, match="not directly in a class sub-folder.*one level deep"):
         load_image_data(DataArguments(train_dir=str(train)))
+
+
+def test_gated_or_unreachable_dataset_names_token_and_login():
+    with pytest.raises(DataError, match="token.*hf auth login"):
+        load_image_data(DataArguments(dataset_name="ILSVRC/imagenet-1k"))
+
+
+def test_unknown_size_stream_with_epoch_eval_on_several_processes():
+    args = SimpleNamespace(world_size=2, eval_strategy=IntervalStrategy.EPOCH, save_strategy=SaveStrategy.STEPS)
+    with pytest.raises(ConfigError, match="eval_strategy: steps"):
+        use_steps_for_epochs(args, None)
+

@@ -11,12 +11,11 @@ from __future__ import annotations
 import torch
 from datasets import Dataset, IterableDataset
 from datasets import Image as ImageFeature
-from transformers import TrainerCallback
 
-from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, describe
+from .constants import DEFAULT_MAX_PIXELS, IGNORE_INDEX
+from .images import ImageDecodeError, decode_image, describe
 from .skips import SkipRecorder
-
-IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss's default ignore_index
+from .transforms import build_eval_transform, build_train_transform
 
 
 class ExampleTransform:
@@ -81,7 +80,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def set_epoch(self, epoch: int) -> None:
-        """Before each epoch's workers start (see `EpochCallback`: accelerate's resumed loader does not call it)."""
+        """Before each epoch's workers start (`callbacks.EpochCallback`: accelerate's resumed loader does not)."""
         self.transform.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict:
@@ -90,16 +89,6 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[dict]:
         batch = self.dataset[list(indices)]
         return [self.transform({k: v[j] for k, v in batch.items()}, int(i)) for j, i in enumerate(indices)]
-
-
-class EpochCallback(TrainerCallback):
-    """Tell the training set which epoch begins, also when a resumed run starts mid-epoch."""
-
-    def __init__(self, dataset: ImageClassificationDataset):
-        self.dataset = dataset
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.dataset.set_epoch(int(state.epoch or 0))
 
 
 def undecoded(dataset, image_column: str):
@@ -137,8 +126,6 @@ def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output
                        seed: int | None = None) -> dict:
     """ImageData's raw splits -> datasets of model inputs: train augmentation for train, the processor's eval
     preprocessing for validation and test; each split records its own undecodable images."""
-    from .transforms import build_eval_transform, build_train_transform
-
     train_tf = build_train_transform(pre, data_args.random_resized_crop_scale, data_args.horizontal_flip)
     eval_tf = build_eval_transform(pre)
     common = dict(image_column=data.image_column, crop_size=pre.crop_size, max_pixels=data_args.max_image_pixels,

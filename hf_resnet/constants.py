@@ -1,0 +1,23 @@
+"""Names and numbers shared across the package: one definition each, imported from here and nowhere else."""
+
+from __future__ import annotations
+
+# Image files that training, prediction and the audit read (compared lower-case: `.JPG` and `.JPEG` count).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+# Split names: a dataset's (or a folder's) validation split is the first of these it has.
+TRAIN_SPLIT, TEST_SPLIT = "train", "test"
+VALIDATION_SPLITS = ("validation", "valid", "val")
+
+# The label of an example whose image could not be decoded: ignored by the loss (torch's CrossEntropyLoss
+# default ignore_index) and by the metrics.
+IGNORE_INDEX = -100
+
+# Images with more pixels than this are refused before decoding: Pillow's own warning threshold (~0.36 GB as RGBA).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+# `bundled:<name>` names a dataset, config or processor shipped inside the package (see bundled.py).
+BUNDLED_PREFIX = "bundled:"
+
+# Top-k class ids kept per evaluated example (metrics, predictions): O(examples x TOP_K) memory, not x classes.
+TOP_K = 5

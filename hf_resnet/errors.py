@@ -1,0 +1,28 @@
+"""The errors a user meets: each message names what is wrong and the fix; the command line prints it as one
+line and exits with code 2 (`run.cli`, `cli.main`), never with a traceback."""
+
+from __future__ import annotations
+
+
+class HfResnetError(Exception):
+    """Base of every error that is the user's to fix (configuration, data, model, too many bad images)."""
+
+
+class ConfigError(HfResnetError, ValueError):
+    """A recipe or flag that cannot work; the message says which field and how to fix it."""
+
+
+class DataError(HfResnetError, ValueError):
+    """The data cannot be trained on as configured; the message names the field and the fix."""
+
+
+class ModelLoadError(HfResnetError, OSError):
+    """The checkpoint cannot be read; the message names the ways on."""
+
+
+class TooManySkippedImages(HfResnetError, ValueError):
+    """More of a split's images failed to decode than `max_skipped_share` allows."""
+
+
+class NonFiniteLossError(HfResnetError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and the batch's images."""

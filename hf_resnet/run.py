@@ -1,0 +1,178 @@
+"""The fine-tuning run, top to bottom: config -> data -> model -> strategy -> inputs -> Trainer -> train ->
+evaluate -> reports -> card -> push.
+
+    hf-resnet train --config smoke/digits_smoke                       # offline; a shipped recipe, by name
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/finetune.py \\
+        --config resnet50/imagefolder_full --train_dir data/train --validation_dir data/val
+
+`main(model_args, data_args, strategy_args, training_args)` is the whole run; `cli()` parses the command line
+and turns the user's errors into one line and exit code 2. Each step below is a function of its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import datasets
+import transformers
+from transformers.trainer_utils import set_seed
+
+from .callbacks import SkippedImagesCallback
+from .checkpoints import resume_checkpoint
+from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments, StrategyArguments
+from .constants import TEST_SPLIT
+from .data import ImageData, load_image_data, plan_streamed_steps
+from .errors import HfResnetError
+from .inputs import build_split_inputs, file_names
+from .modeling import build_model, head_label_map, load_config, load_image_processor
+from .parser import parse_args
+from .preflight import check_run
+from .reports.model_card import CardInfo
+from .reports.predictions import write_predictions
+from .skips import build_report, publish, skipped_indices, start_afresh
+from .strategies import apply_tuning
+from .trainer import ImageClassificationTrainer
+from .transforms import PreprocessConfig
+
+logger = logging.getLogger("hf_resnet.run")
+
+
+def setup_logging(training_args: FinetuneTrainingArguments) -> None:
+    """Our steps at INFO on the main process; the libraries at the Trainer's log level."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    logging.getLogger("hf_resnet").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    level = training_args.get_process_log_level()
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def load_data(data_args: DataArguments, model_args: ModelArguments, training_args) -> ImageData:
+    with_test = bool(data_args.test_dir) or training_args.do_predict
+    data = load_image_data(data_args, seed=training_args.seed, token=model_args.token,
+                           cache_dir=model_args.cache_dir, with_test=with_test)
+    for note in data.notes:
+        logger.info(note)
+    return data
+
+
+def resume_or_start(training_args, head_labels: list[str]) -> str | None:
+    """The checkpoint a rerun continues from (the newest complete one), or None for a fresh start."""
+    last_checkpoint = resume_checkpoint(training_args, head_labels)
+    if last_checkpoint is not None:
+        logger.info("Resuming from %s (model, optimizer, scheduler, RNG states, data position)", last_checkpoint)
+    elif training_args.process_index == 0:
+        start_afresh(training_args.output_dir)
+    return last_checkpoint
+
+
+def card_info(data: ImageData, model_args, data_args, strategy_args, head_labels: list[str]) -> CardInfo:
+    return CardInfo(
+        base_model=model_args.model_name_or_path,
+        dataset_name=data_args.dataset_name or Path(data.source).parent.name or data.source,
+        dataset_id=data_args.dataset_name,
+        labels=head_labels,
+        tuning=strategy_args.tuning,
+        train_examples=data.sizes.get("train") or "unknown",
+        eval_examples=data.sizes.get("validation") or "unknown",
+    )
+
+
+def train(trainer: ImageClassificationTrainer, last_checkpoint: str | None) -> dict:
+    """Train (or continue), then save what `pipeline()` loads: model, config with class names, processor."""
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    return result.metrics
+
+
+def evaluate(trainer: ImageClassificationTrainer, dataset, prefix: str) -> dict:
+    metrics = trainer.evaluate(dataset, metric_key_prefix=prefix)
+    trainer.log_metrics(prefix, metrics)
+    trainer.save_metrics(prefix, metrics)
+    return metrics
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
+         training_args: FinetuneTrainingArguments) -> dict:
+    # Logging and seed --------------------------------------------------------------------------------------------
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+
+    # Config and processor first: an unreachable Hub fails here, before any data is read ---------------------------
+    config = load_config(model_args)
+    processor = load_image_processor(model_args)
+
+    # Data, checked against the checkpoint before any weights are built ----------------------------------------------
+    data = load_data(data_args, model_args, training_args)
+    label_map = head_label_map(model_args, config, data.labels)  # None: a new head for the data's classes
+    check_run(data, training_args, model_args, keeps_head=label_map is not None)
+    plan_streamed_steps(data, training_args)
+
+    # Model, and the checkpoint a killed run resumes from ---------------------------------------------------------
+    model = build_model(model_args, data.labels, config, label_map)
+    head_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    last_checkpoint = resume_or_start(training_args, head_labels)
+
+    # Strategy: what trains ------------------------------------------------------------------------------------------
+    logger.info("Parameters: %s", apply_tuning(model, strategy_args.tuning))
+
+    # Inputs: decoded and transformed per example in the DataLoader workers ------------------------------------------
+    identity = label_map == list(range(len(data.labels)))
+    inputs = build_split_inputs(data, PreprocessConfig.from_processor(processor), data_args,
+                                None if identity else label_map, training_args.output_dir, seed=training_args.seed)
+    train_set, eval_set, test_set = inputs.get("train"), inputs.get("validation"), inputs.get(TEST_SPLIT)
+
+    # Trainer ------------------------------------------------------------------------------------------------------
+    card = card_info(data, model_args, data_args, strategy_args, head_labels)
+    trainer = ImageClassificationTrainer(
+        model=model, args=training_args, train_dataset=train_set if training_args.do_train else None,
+        eval_dataset=eval_set if training_args.do_eval else None, processing_class=processor,
+        card_info=card, head_learning_rate=strategy_args.head_learning_rate,
+        describe_examples=functools.partial(file_names, train_set),
+        callbacks=[SkippedImagesCallback(training_args.output_dir, data.sizes, data_args.max_skipped_share)],
+    )
+
+    # Train, evaluate, test ----------------------------------------------------------------------------------------
+    metrics: dict = {}
+    if training_args.do_train:
+        metrics.update(train(trainer, last_checkpoint))
+    if training_args.do_eval and eval_set is not None:
+        card.eval_metrics = evaluate(trainer, eval_set, "eval")
+        metrics.update(card.eval_metrics)
+    test_output = None
+    if test_set is not None and (data_args.test_dir or training_args.do_predict):
+        if data.test_has_labels:
+            metrics.update(evaluate(trainer, test_set, "test"))
+        else:  # unlabeled: predicted into predictions.csv, scored nothing
+            test_output = trainer.predict(test_set, metric_key_prefix="test")
+
+    # Reports: skipped images (once), predictions of an unlabeled test split -----------------------------------------
+    main_process = trainer.is_world_process_zero()
+    report = build_report(training_args.output_dir, data.sizes)
+    if test_output is not None and main_process:
+        path = Path(training_args.output_dir) / "predictions.csv"
+        rows = write_predictions(path, test_output, test_set, card.labels, skipped_indices(report, TEST_SPLIT))
+        logger.info("Wrote %d predictions to %s", rows, path)
+    publish(report, training_args.output_dir, data_args.max_skipped_share, main_process)
+
+    # Card and push (an evaluation-only run made no model) ----------------------------------------------------------
+    if main_process and training_args.do_train:
+        trainer.create_model_card()
+    if training_args.push_to_hub and training_args.do_train:
+        trainer.push_to_hub(commit_message="hf-resnet: fine-tuned model, processor, metrics and card")
+    return metrics
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Run from the command line: a user's error ends with its message and exit code 2, not a traceback."""
+    try:
+        main(*parse_args(argv))
+    except HfResnetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
