@@ -1,11 +1,101 @@
-"""The Trainer subclass: the NaN guard, and what it relies on inside transformers and accelerate."""
+"""The Trainer subclass: the NaN guard, and what it relies on inside transformers and accelerate.
+
+The first tests below each fail when a transformers or accelerate upgrade changes something the trainer's
+docstring lists (a patched attribute, a private method it overrides): they run a tiny model for a few steps.
+"""
 
 import functools
+import inspect
 
 import pytest
+import torch
 from conftest import finetune, recipe_args
+from transformers import ResNetConfig, ResNetForImageClassification, Trainer
 
+from hf_resnet.configs import FinetuneTrainingArguments
 from hf_resnet.errors import NonFiniteLossError
+from hf_resnet.reports.model_card import CardInfo
+from hf_resnet.trainer import ImageClassificationTrainer
+
+
+class ProbeTrainer(ImageClassificationTrainer):
+    """Records which loaders went through `_get_dataloader` and which batches through `_prepare_inputs`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loaders, self.prepared = [], 0
+
+    def _get_dataloader(self, dataset, description, *args, **kwargs):
+        self.loaders.append(description)
+        return super()._get_dataloader(dataset, description, *args, **kwargs)
+
+    def _prepare_inputs(self, inputs):
+        self.prepared += 1
+        return super()._prepare_inputs(inputs)
+
+
+def tiny_trainer(tmp_path, **overrides) -> ProbeTrainer:
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], layer_type="basic",
+                          num_labels=2)
+    examples = [{"pixel_values": torch.randn(3, 16, 16), "labels": i % 2, "example_ids": i} for i in range(8)]
+    values = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                  max_steps=2, report_to="none", use_cpu=True, dataloader_num_workers=0, save_strategy="no",
+                  eval_strategy="no", optim="sgd", learning_rate=0.1, lr_scheduler_type="constant")
+    args = FinetuneTrainingArguments(**{**values, **overrides})
+    card = CardInfo(base_model=None, dataset_name="tiny", dataset_id=None, labels=["a", "b"], tuning="full")
+    return ProbeTrainer(model=ResNetForImageClassification(config), args=args, train_dataset=examples,
+                        eval_dataset=examples, card_info=card)
+
+
+def test_every_batch_goes_through_prepare_inputs_and_every_loader_through_get_dataloader(tmp_path):
+    """(3) and (4): if the Trainer stopped calling either, `example_ids` would reach the model's forward (a
+    TypeError) or streamed loaders would lose their dispatch setting."""
+    trainer = tiny_trainer(tmp_path)
+    trainer.train()
+    trainer.evaluate()
+    assert trainer.prepared == 2 + 2  # 2 training steps, 2 evaluation batches
+    assert trainer.loaders == ["Training", "Evaluation"]
+    ours = inspect.signature(ImageClassificationTrainer._get_dataloader).parameters
+    assert list(inspect.signature(Trainer._get_dataloader).parameters) == list(ours)
+
+
+def test_a_skipped_update_takes_no_optimizer_step_through_accelerates_wrapper(tmp_path):
+    """(1): accelerate's AcceleratedOptimizer.step must call the step we put on the optimizer instance."""
+    trainer = tiny_trainer(tmp_path)
+    trainer.train()  # the optimizer is now accelerate's wrapper around ours
+    assert type(trainer.optimizer).__name__ == "AcceleratedOptimizer"
+    model = trainer.model
+    weight = model.classifier[1].weight
+
+    def step() -> bool:
+        model.zero_grad()
+        model(pixel_values=torch.randn(2, 3, 16, 16), labels=torch.tensor([0, 1])).loss.backward()
+        before = weight.detach().clone()
+        trainer.optimizer.step()
+        return not torch.equal(before, weight)
+
+    trainer._skip_update = True
+    assert step() is False and trainer._skip_update is False  # skipped once, then armed again
+    assert step() is True
+
+
+def test_dispatch_setting_is_switched_for_one_loader_and_restored(tmp_path):
+    """(2): accelerate reads `dataloader_config.dispatch_batches` when it prepares a loader."""
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(range(8))
+
+    trainer = tiny_trainer(tmp_path)
+    config = trainer.accelerator.dataloader_config
+    before = config.dispatch_batches
+    for value, kind in ((True, "DataLoaderDispatcher"), (False, "DataLoaderShard")):
+        with trainer._dispatch(value):
+            assert config.dispatch_batches is value
+            loader = trainer.accelerator.prepare_data_loader(torch.utils.data.DataLoader(Stream(), batch_size=2))
+        assert type(loader).__name__ == kind
+        assert config.dispatch_batches is before
 
 
 @pytest.mark.slow
