@@ -2,20 +2,53 @@
 
 from __future__ import annotations
 
+import logging
+
 from transformers import TrainerCallback
 
 from .skips import build_report, publish
 
+logger = logging.getLogger(__name__)
+
 
 class EpochCallback(TrainerCallback):
-    """Tell the training set which epoch begins, also when a resumed run starts mid-epoch (accelerate's
-    resumed DataLoader does not call `set_epoch`): per-example augmentation seeds depend on it."""
+    """Tell the training set (and a balanced sampler) which epoch begins, also when a resumed run starts
+    mid-epoch (accelerate's resumed DataLoader does not call `set_epoch`): per-example augmentation seeds and the
+    sampler's draw depend on it."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, *targets):
+        self.targets = targets
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.dataset.set_epoch(int(state.epoch or 0))
+        for target in self.targets:
+            target.set_epoch(int(state.epoch or 0))
+
+
+class UnfreezeCallback(TrainerCallback):
+    """Gradual unfreezing (`strategies.FreezePlan`), decided from the global step: when training starts (a
+    resumed run too) the trainable set is the one due at that step, and before each optimizer step the parts due
+    by then start to train. The optimizer's groups never change (every parameter is in them from the start)."""
+
+    def __init__(self, plan, steps_per_epoch: int):
+        self.plan, self.steps_per_epoch = plan, steps_per_epoch
+        self.done: int | None = None
+
+    def _update(self, model, step: int) -> None:
+        done = self.plan.due(step, self.steps_per_epoch)
+        if done == self.done:
+            return
+        self.plan.apply(model, done)
+        if self.done is not None or step > 0:
+            names = [name for name, _ in model.named_parameters()]
+            logger.info("Step %d (epoch %.2f): %s", step, step / self.steps_per_epoch, self.plan.describe(names, done))
+        self.done = done
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.done = None
+        self._update(model, state.global_step)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self._update(model, state.global_step)
 
 
 class SkippedImagesCallback(TrainerCallback):

@@ -50,6 +50,12 @@ class ModelArguments:
         },
     )
 
+    head_from_checkpoint_rows: bool = field(
+        default=True,
+        metadata={"help": "When the data's classes are some of the checkpoint's (e.g. 10 ImageNet classes), start "
+                          "the new head from those rows of the pretrained classifier instead of random weights."},
+    )
+
     def __post_init__(self):
         if isinstance(self.model_name_or_path, str) and self.model_name_or_path.lower() in ("", "none", "null"):
             self.model_name_or_path = None  # `--model_name_or_path null` on the command line, as in YAML
@@ -58,13 +64,64 @@ class ModelArguments:
 
 
 TUNINGS = ("full", "linear_probe")
+FROZEN_BATCHNORM = ("eval", "train")
+CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")
+GROUP_OPTIONS = ("lr", "weight_decay")
+SELECTOR_HELP = (
+    "components (`stem`, `stage1`..`stage4`, `head`, `backbone`), torchvision's names (`conv1`, `bn1`, "
+    "`layer1`..`layer4`, `fc`), or a regular expression searched in parameter names"
+)
+
+
+def _floats(values, name: str) -> list[float]:
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"`{name}` must be a list of numbers, got {values!r}.") from err
+
+
+def parse_group(entry, index: int) -> dict:
+    """One `param_groups` entry -> {"params": selector, "lr": float | None, "weight_decay": float | None}.
+
+    YAML: `{params: head, lr: 0.01}`; command line: `"head: lr=0.01, weight_decay=0"`."""
+    where = f"`param_groups` entry {index + 1} ({entry!r})"
+    if isinstance(entry, str):
+        selector, sep, options = entry.rpartition(":")
+        if not sep or not selector.strip():
+            raise ConfigError(f"{where} must read `SELECTOR: lr=0.01, weight_decay=0` (SELECTOR: {SELECTOR_HELP}).")
+        values = {"params": selector.strip()}
+        for item in filter(None, (part.strip() for part in options.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ConfigError(f"{where}: {item!r} is not `key=value` (keys: {', '.join(GROUP_OPTIONS)}).")
+            values[key.strip()] = value.strip()
+    elif isinstance(entry, dict):
+        values = dict(entry)
+    else:
+        raise ConfigError(f"{where} must be a mapping (`{{params: head, lr: 0.01}}`) or a string.")
+    unknown = sorted(set(values) - {"params", *GROUP_OPTIONS})
+    if unknown or not isinstance(values.get("params"), str):
+        raise ConfigError(f"{where} needs `params` (a selector) and only {', '.join(GROUP_OPTIONS)}; got {unknown}.")
+    group = {"params": values["params"]}
+    for key in GROUP_OPTIONS:
+        try:
+            group[key] = None if values.get(key) is None else float(values[key])
+        except ValueError as err:
+            raise ConfigError(f"{where}: `{key}` must be a number, got {values[key]!r}.") from err
+    if group["lr"] is None and group["weight_decay"] is None:
+        raise ConfigError(f"{where} sets neither `lr` nor `weight_decay`; give it one, or remove it.")
+    return group
 
 
 @dataclass
 class StrategyArguments:
-    """Parameters that control how the model is fine-tuned: what is frozen and each part's learning rate
-    (applied by `strategies.py`)."""
+    """Parameters that control how the model is fine-tuned: what trains when, each part's learning rate, the
+    optimizer's momentum and schedule, the loss, and what is kept of the weights (applied by `strategies.py` and
+    the trainer). A parameter selector is a component (`stem`, `stage1`..`stage4`, `head`, `backbone`), a
+    torchvision name (`conv1`, `bn1`, `layer1`..`layer4`, `fc`) or a regular expression searched in parameter names.
+    """
 
+    # What trains ------------------------------------------------------------------------------------------------
     tuning: str = field(
         default="full",
         metadata={
@@ -72,14 +129,197 @@ class StrategyArguments:
             "and train only the classifier head."
         },
     )
+    frozen_stages: int = field(
+        default=-1,
+        metadata={"help": "Freeze the stem and the first K stages (mmdetection's convention): -1 freezes nothing, "
+                          "0 the stem, 2 the stem and stages 1-2, 4 the whole backbone."},
+    )
+    trainable: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Train only the parameters these selectors name; everything else is frozen (e.g. "
+                          "`[conv1, fc]`, the report's recipe). Empty: `tuning` and `frozen_stages` decide."},
+    )
+    unfreeze_epochs: list[float] = field(
+        default_factory=list,
+        metadata={"help": "Gradual unfreezing: the epoch at which each frozen component starts to train, deepest "
+                          "first (stage4, stage3, stage2, stage1, stem). `[2, 4]` with `tuning: linear_probe` trains "
+                          "the head alone for 2 epochs, then stage 4 too, then from epoch 4 stage 3 too."},
+    )
+    frozen_batchnorm: str = field(
+        default="eval",
+        metadata={"help": "BatchNorm of frozen parts: `eval` keeps its running statistics unmoved; `train` lets them "
+                          "adapt to the new data, as a plain `model.train()` does (the report's code)."},
+    )
+    # Learning rates ---------------------------------------------------------------------------------------------
     head_learning_rate: float | None = field(
         default=None,
         metadata={"help": "Learning rate of the classifier head; defaults to `learning_rate` (the backbone's)."},
+    )
+    layer_decay: float | None = field(
+        default=None,
+        metadata={"help": "Layer-wise rate decay: stage 4 learns at learning_rate x d, stage 3 at x d^2, ... the "
+                          "stem at x d^5; the head keeps its rate. Unset: every backbone part at `learning_rate`."},
+    )
+    param_groups: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Optimizer groups by selector, first match wins, each with its own `lr` and/or "
+                          "`weight_decay`: YAML `[{params: conv1, lr: 0.001}, {params: fc, lr: 0.01}]`, or "
+                          "`'conv1: lr=0.001'` on the command line. Others follow the rules above."},
+    )
+    # Optimizer and schedule -------------------------------------------------------------------------------------
+    sgd_momentum: float = field(
+        default=0.9,
+        metadata={"help": "Momentum of `optim: sgd` (torchvision's reference recipe and the report use 0.9)."},
+    )
+    sgd_nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum for `optim: sgd`."})
+    lr_milestones: list[float] = field(
+        default_factory=list,
+        metadata={"help": "Multi-step decay: multiply the rate by `lr_gamma` at each of these epochs (e.g. [5] or "
+                          "[30, 60, 80]). Needs `lr_scheduler_type: constant` or `constant_with_warmup`."},
+    )
+    lr_step_size: float | None = field(
+        default=None,
+        metadata={"help": "Step decay: multiply the rate by `lr_gamma` every this many epochs (torch's StepLR). "
+                          "Needs `lr_scheduler_type: constant` or `constant_with_warmup`."},
+    )
+    lr_gamma: float = field(default=0.1, metadata={"help": "Factor applied at each step of the decay."})
+    # Loss and sampling ------------------------------------------------------------------------------------------
+    class_weights: list[str] | None = field(
+        default=None,
+        metadata={"help": "Weight the loss per class: `auto` (inverse frequency, N / (classes x count), from the "
+                          "train split's label counts) or one number per class. Unset: every class weighs 1."},
+    )
+    class_count_sample: int = field(
+        default=10_000,
+        metadata={"help": "A stream whose per-class counts are not known (not a local folder) is counted on its "
+                          "first this many examples (labels only, no image decoded)."},
+    )
+    balanced_sampler: bool = field(
+        default=False,
+        metadata={"help": "Draw training images with probability 1 / (their class's count), with replacement, so "
+                          "each class is seen equally often (map-style data)."},
+    )
+    mixup_alpha: float = field(
+        default=0.0, metadata={"help": "Mixup: blend pairs of images and their labels, Beta(alpha, alpha). 0: off."}
+    )
+    cutmix_alpha: float = field(
+        default=0.0,
+        metadata={"help": "CutMix: paste a box of one image into another, labels by area. 0: off. With mixup too, "
+                          "each batch uses one of them, at random."},
+    )
+    # Head and weights -------------------------------------------------------------------------------------------
+    head_dropout: float = field(
+        default=0.0, metadata={"help": "Dropout on the pooled features before the classifier (training only)."}
+    )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={"help": "Keep an exponential moving average of the weights (e.g. 0.999): evaluated, and saved as "
+                          "the model, instead of the last weights. Unset: off."},
+    )
+    ema_warmup: bool = field(
+        default=True,
+        metadata={"help": "Use min(ema_decay, (1 + n) / (10 + n)) at update n, so a short run's average is not "
+                          "dominated by the starting weights."},
+    )
+    # Stopping ---------------------------------------------------------------------------------------------------
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without improving `metric_for_best_model` (needs "
+                          "`load_best_model_at_end: true`). Unset: off."},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Smallest change of the metric that counts as an improvement."}
     )
 
     def __post_init__(self):
         if self.tuning not in TUNINGS:
             raise ConfigError(f"`tuning` must be one of {', '.join(map(repr, TUNINGS))}, got {self.tuning!r}.")
+        if not -1 <= self.frozen_stages <= 4:
+            raise ConfigError(f"`frozen_stages` must be -1 (none) to 4 (whole backbone), got {self.frozen_stages}.")
+        if self.tuning == "linear_probe" and (self.frozen_stages != -1 or self.trainable):
+            raise ConfigError("`tuning: linear_probe` already freezes the whole backbone; remove `frozen_stages` / "
+                              "`trainable`, or use `tuning: full` with them.")
+        if self.frozen_stages != -1 and self.trainable:
+            raise ConfigError("Set `frozen_stages` or `trainable`, not both: `trainable` lists all that trains.")
+        self.unfreeze_epochs = _floats(self.unfreeze_epochs, "unfreeze_epochs")
+        if any(e <= 0 for e in self.unfreeze_epochs) or self.unfreeze_epochs != sorted(self.unfreeze_epochs):
+            raise ConfigError(f"`unfreeze_epochs` must be positive and in order (deepest component first), got "
+                              f"{self.unfreeze_epochs}.")
+        if self.frozen_batchnorm not in FROZEN_BATCHNORM:
+            raise ConfigError(f"`frozen_batchnorm` must be 'eval' or 'train', got {self.frozen_batchnorm!r}.")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"`layer_decay` must be in (0, 1], e.g. 0.7, got {self.layer_decay}.")
+        self.param_groups = [parse_group(entry, i) for i, entry in enumerate(self.param_groups)]
+        if not 0 <= self.sgd_momentum < 1:
+            raise ConfigError(f"`sgd_momentum` must be in [0, 1), got {self.sgd_momentum}.")
+        if self.sgd_nesterov and self.sgd_momentum == 0:
+            raise ConfigError("`sgd_nesterov: true` needs `sgd_momentum` > 0 (e.g. 0.9).")
+        self.lr_milestones = _floats(self.lr_milestones, "lr_milestones")
+        if any(e <= 0 for e in self.lr_milestones) or self.lr_milestones != sorted(self.lr_milestones):
+            raise ConfigError(f"`lr_milestones` must be positive epochs in order, got {self.lr_milestones}.")
+        if self.lr_milestones and self.lr_step_size is not None:
+            raise ConfigError("Set `lr_milestones` or `lr_step_size`, not both.")
+        if self.lr_step_size is not None and self.lr_step_size <= 0:
+            raise ConfigError(f"`lr_step_size` is in epochs and must be positive, got {self.lr_step_size}.")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"`lr_gamma` must be in (0, 1], e.g. 0.1, got {self.lr_gamma}.")
+        self.class_weights = self._parse_class_weights(self.class_weights)
+        if self.class_weights is not None and self.balanced_sampler:
+            raise ConfigError("`class_weights` and `balanced_sampler` both correct the class imbalance and would "
+                              "correct it twice; keep one.")
+        if self.class_count_sample < 1:
+            raise ConfigError(f"`class_count_sample` must be at least 1, got {self.class_count_sample}.")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"`{name}` must be >= 0 (0 turns it off), got {getattr(self, name)}.")
+        if not 0 <= self.head_dropout < 1:
+            raise ConfigError(f"`head_dropout` is a probability below 1, got {self.head_dropout}.")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"`ema_decay` must be in (0, 1), e.g. 0.999, got {self.ema_decay}.")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError(f"`early_stopping_patience` counts evaluations, at least 1; got "
+                              f"{self.early_stopping_patience}.")
+
+    @staticmethod
+    def _parse_class_weights(value) -> str | list[float] | None:
+        if value is None or value == []:
+            return None
+        values = [value] if isinstance(value, (str, int, float)) else list(value)
+        if len(values) == 1 and str(values[0]).strip().lower() == "auto":
+            return "auto"
+        weights = _floats(values, "class_weights")
+        if len(weights) < 2 or any(w < 0 for w in weights) or not any(weights):
+            raise ConfigError(f"`class_weights` must be `auto` or one non-negative number per class, got {values}.")
+        return weights
+
+    @property
+    def step_decay(self) -> bool:
+        return bool(self.lr_milestones) or self.lr_step_size is not None
+
+    def check_with(self, training_args) -> None:
+        """Checks that need the Trainer's arguments too; `run.main` calls it before reading any data."""
+        optim = str(getattr(training_args.optim, "value", training_args.optim))
+        optim_args = str(training_args.optim_args or "")
+        if optim == "sgd" and any(key in optim_args for key in ("momentum", "nesterov")):
+            raise ConfigError("`optim_args` sets SGD's momentum/nesterov; use `sgd_momentum` / `sgd_nesterov` "
+                              "instead (one place for each setting).")
+        if self.sgd_nesterov and optim != "sgd":
+            raise ConfigError(f"`sgd_nesterov: true` applies to `optim: sgd`, not {optim!r}.")
+        schedule = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
+        if self.step_decay and schedule not in CONSTANT_SCHEDULES:
+            raise ConfigError(f"`lr_milestones` / `lr_step_size` set a step schedule, but `lr_scheduler_type` is "
+                              f"{schedule!r}; set `lr_scheduler_type: constant` (or `constant_with_warmup` for a "
+                              "warm-up before it).")
+        if not 0 <= training_args.label_smoothing_factor < 1:
+            raise ConfigError(f"`label_smoothing_factor` must be in [0, 1), got "
+                              f"{training_args.label_smoothing_factor}.")
+        if self.early_stopping_patience is not None:
+            if not training_args.metric_for_best_model or not training_args.load_best_model_at_end:
+                raise ConfigError("`early_stopping_patience` needs `metric_for_best_model` (e.g. accuracy) and "
+                                  "`load_best_model_at_end: true`, so the run ends with its best weights.")
+
+
+AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment", "autoaugment")
 
 
 @dataclass
@@ -145,6 +385,28 @@ class DataArguments:
     horizontal_flip: float = field(
         default=0.5, metadata={"help": "Probability of a horizontal flip in training (0 for digits and text)."}
     )
+    auto_augment: str = field(
+        default="none",
+        metadata={"help": "Learned or random augmentation policy after crop and flip: `randaugment` (2 ops), "
+                          "`trivialaugment` (TrivialAugmentWide), `autoaugment` (ImageNet policy) or `none`."},
+    )
+    rand_augment_magnitude: int = field(
+        default=9, metadata={"help": "RandAugment's magnitude, 0-30 (torchvision's and timm's default: 9)."}
+    )
+    color_jitter: float = field(
+        default=0.0,
+        metadata={"help": "Random brightness, contrast and saturation change of up to this share (timm uses 0.4)."},
+    )
+    rotation_degrees: float = field(
+        default=0.0, metadata={"help": "Random rotation of up to this many degrees either way, in training."}
+    )
+    translate: float = field(
+        default=0.0, metadata={"help": "Random shift of up to this share of the width and height, in training."}
+    )
+    random_erasing: float = field(
+        default=0.0,
+        metadata={"help": "Probability of erasing a random rectangle of the normalised image (timm uses 0.25)."},
+    )
 
     def __post_init__(self):
         hub = self.dataset_name is not None and not self.dataset_name.startswith(BUNDLED_PREFIX)
@@ -163,8 +425,15 @@ class DataArguments:
         scale = self.random_resized_crop_scale
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ConfigError(f"`random_resized_crop_scale` must be [min, max] with 0 < min <= max <= 1, got {scale}.")
-        if not 0.0 <= self.horizontal_flip <= 1.0:
-            raise ConfigError(f"`horizontal_flip` is a probability, got {self.horizontal_flip}.")
+        for name in ("horizontal_flip", "random_erasing", "color_jitter", "translate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"`{name}` must be between 0 and 1, got {getattr(self, name)}.")
+        if self.auto_augment not in AUTO_AUGMENTS:
+            raise ConfigError(f"`auto_augment` must be one of {', '.join(AUTO_AUGMENTS)}, got {self.auto_augment!r}.")
+        if not 0 <= self.rand_augment_magnitude <= 30:
+            raise ConfigError(f"`rand_augment_magnitude` must be 0-30, got {self.rand_augment_magnitude}.")
+        if not 0.0 <= self.rotation_degrees <= 180.0:
+            raise ConfigError(f"`rotation_degrees` must be 0-180, got {self.rotation_degrees}.")
 
 
 @dataclass
@@ -193,6 +462,10 @@ class FinetuneTrainingArguments(TrainingArguments):
     on_nonfinite_loss: str = field(
         default="stop",
         metadata={"help": "A NaN/inf training loss: `stop` the run (naming the step and images) or `skip` the batch."},
+    )
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True,
+        metadata={"help": "A resumed run restores its callbacks' state too (early stopping's patience count)."},
     )
     do_train: bool = field(default=True, metadata={"help": "Fine-tune on the train split."})
     do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})

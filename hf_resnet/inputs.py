@@ -15,7 +15,7 @@ from datasets import Image as ImageFeature
 from .constants import DEFAULT_MAX_PIXELS, IGNORE_INDEX
 from .images import ImageDecodeError, decode_image, describe
 from .skips import SkipRecorder
-from .transforms import build_eval_transform, build_train_transform
+from .transforms import augmentation, build_eval_transform, build_train_transform
 
 
 class ExampleTransform:
@@ -126,7 +126,7 @@ def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output
                        seed: int | None = None) -> dict:
     """ImageData's raw splits -> datasets of model inputs: train augmentation for train, the processor's eval
     preprocessing for validation and test; each split records its own undecodable images."""
-    train_tf = build_train_transform(pre, data_args.random_resized_crop_scale, data_args.horizontal_flip)
+    train_tf = build_train_transform(pre, **augmentation(data_args))
     eval_tf = build_eval_transform(pre)
     common = dict(image_column=data.image_column, crop_size=pre.crop_size, max_pixels=data_args.max_image_pixels,
                   label_names=data.labels)

@@ -1,8 +1,10 @@
 """Load the checkpoint's config, image processor and model; keep or replace its head.
 
 Head: when the dataset's class names are the checkpoint's (ImageNet-1k with microsoft/resnet-50) the pretrained
-head is kept and labels are mapped by name (`pretrained_label_map`); otherwise a new head of the right size
-replaces it. What is frozen and how each part learns is `strategies.py`'s business.
+head is kept and labels are mapped by name (`pretrained_label_map`); when they are some of the checkpoint's (10
+ImageNet classes), the new head starts from those rows of the pretrained classifier (`checkpoint_rows`);
+otherwise a new, random head of the right size replaces it. What is frozen and how each part learns is
+`strategies.py`'s business.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 
+import torch
+from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from .bundled import resolve_asset
@@ -77,11 +81,49 @@ def pretrained_label_map(config, labels: list[str]) -> list[int] | None:
     return [index[_normalise(label)] for label in labels]
 
 
+def checkpoint_rows(config, labels: list[str]) -> list[int] | None:
+    """The checkpoint's head row for each dataset class, when the classes are fewer than the checkpoint's and
+    each names exactly one of them: by its whole name or one of its comma-separated synonyms (ImageNet's
+    "tabby, tabby cat"), case, spaces and underscores aside. None otherwise (ImageNet names "crane" twice)."""
+    names = [config.id2label.get(i, config.id2label.get(str(i))) for i in range(config.num_labels)]
+    if len(labels) >= len(names) or any(n is None for n in names):
+        return None
+    index: dict[str, set[int]] = {}
+    for i, name in enumerate(names):
+        for key in {_normalise(name), *(_normalise(part) for part in str(name).split(","))}:
+            index.setdefault(key, set()).add(i)
+    rows = []
+    for label in labels:
+        found = index.get(_normalise(label), set())
+        if len(found) != 1:
+            return None
+        rows.append(next(iter(found)))
+    return rows if len(set(rows)) == len(rows) else None
+
+
+def _head_from_rows(model, rows: list[int], labels: list[str]) -> None:
+    """Replace the classifier's last linear layer by one with only `rows` (weights and biases copied)."""
+    name, linear = [(n, m) for n, m in model.named_modules() if n.startswith("classifier") and
+                    isinstance(m, nn.Linear)][-1]
+    head = nn.Linear(linear.in_features, len(rows), bias=linear.bias is not None)
+    with torch.no_grad():
+        head.weight.copy_(linear.weight[rows])
+        if linear.bias is not None:
+            head.bias.copy_(linear.bias[rows])
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, head)
+    model.config.num_labels = model.num_labels = len(labels)
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {label: i for i, label in enumerate(labels)}
+
+
 def build_model(args: ModelArguments, labels: list[str], config, label_map: list[int] | None):
     """The model to fine-tune on `labels`, from `config` (already loaded by `load_config`).
 
     `label_map` (from `pretrained_label_map`, None when the names differ) says whether the pretrained head is
-    kept; a model built from `config_name` always starts random with a head of len(labels).
+    kept; else the new head starts from the checkpoint's rows of the same classes when there are such rows
+    (`head_from_checkpoint_rows`); a model built from `config_name` always starts random with a head of
+    len(labels).
     """
     id2label = dict(enumerate(labels))
     label2id = {name: i for i, name in id2label.items()}
@@ -95,6 +137,13 @@ def build_model(args: ModelArguments, labels: list[str], config, label_map: list
         return AutoModelForImageClassification.from_pretrained(
             args.model_name_or_path, config=config, **_hub_kwargs(args)
         )
+    rows = checkpoint_rows(config, labels) if args.head_from_checkpoint_rows else None
+    if rows is not None:
+        model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path, config=config,
+                                                                **_hub_kwargs(args))
+        _head_from_rows(model, rows, labels)
+        logger.info("New %d-class head from rows %s of the pretrained classifier", len(labels), rows[:10])
+        return model
     return AutoModelForImageClassification.from_pretrained(
         args.model_name_or_path,
         num_labels=len(labels),

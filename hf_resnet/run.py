@@ -33,7 +33,7 @@ from .preflight import check_run
 from .reports.model_card import CardInfo
 from .reports.predictions import write_predictions
 from .skips import build_report, publish, skipped_indices, start_afresh
-from .strategies import apply_tuning
+from .strategies import plan_strategy
 from .trainer import ImageClassificationTrainer
 from .transforms import PreprocessConfig
 
@@ -103,6 +103,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     # Logging and seed --------------------------------------------------------------------------------------------
     setup_logging(training_args)
     set_seed(training_args.seed)
+    strategy_args.check_with(training_args)  # strategy x Trainer settings, before any data is read
 
     # Config and processor first: an unreachable Hub fails here, before any data is read ---------------------------
     config = load_config(model_args)
@@ -112,15 +113,15 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     data = load_data(data_args, model_args, training_args)
     label_map = head_label_map(model_args, config, data.labels)  # None: a new head for the data's classes
     check_run(data, training_args, model_args, keeps_head=label_map is not None)
-    plan_streamed_steps(data, training_args)
+    stream_steps_per_epoch = plan_streamed_steps(data, training_args)
 
     # Model, and the checkpoint a killed run resumes from ---------------------------------------------------------
     model = build_model(model_args, data.labels, config, label_map)
     head_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     last_checkpoint = resume_or_start(training_args, head_labels)
 
-    # Strategy: what trains ------------------------------------------------------------------------------------------
-    logger.info("Parameters: %s", apply_tuning(model, strategy_args.tuning))
+    # Strategy: what trains when, each part's rate, the loss's class weights (logged) ------------------------------
+    strategy = plan_strategy(model, strategy_args, training_args, data, stream_steps_per_epoch)
 
     # Inputs: decoded and transformed per example in the DataLoader workers ------------------------------------------
     identity = label_map == list(range(len(data.labels)))
@@ -133,7 +134,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     trainer = ImageClassificationTrainer(
         model=model, args=training_args, train_dataset=train_set if training_args.do_train else None,
         eval_dataset=eval_set if training_args.do_eval else None, processing_class=processor,
-        card_info=card, head_learning_rate=strategy_args.head_learning_rate,
+        card_info=card, strategy=strategy,
         describe_examples=functools.partial(file_names, train_set),
         callbacks=[SkippedImagesCallback(training_args.output_dir, data.sizes, data_args.max_skipped_share)],
     )

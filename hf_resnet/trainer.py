@@ -1,18 +1,27 @@
-"""The Trainer for image classification: parameter groups, memory-safe metrics, streamed data, our model card.
+"""The Trainer for image classification: the strategy's groups, schedule, loss and EMA; memory-safe metrics;
+streamed data; our model card.
 
 `ImageClassificationTrainer` differs from `transformers.Trainer` in these places only:
-- `create_optimizer`: groups from `strategies.param_groups` (no decay on norms/biases, optional head rate);
-- `compute_loss`: a batch whose images all failed to decode adds nothing; a NaN/inf loss stops the run with the
-  step and the batch's files (`on_nonfinite_loss: stop`) or adds nothing (`skip`), before any weight sees it;
+- `create_optimizer`: every parameter in a group from `strategies.param_groups` (per-selector rates, head rate,
+  layer decay, no decay on norms/biases); SGD gets `sgd_momentum` / `sgd_nesterov`; the groups are logged;
+- `create_scheduler`: step / multi-step decay in epochs (`optim.step_schedule`) when the recipe sets it;
+- `set_initial_training_values`: keeps the optimizer steps per epoch, for those epochs and for gradual unfreezing
+  (`callbacks.UnfreezeCallback`);
+- `compute_loss`: the training loss is `losses.TrainingLoss` when label smoothing, class weights, mixup or CutMix
+  is on; a batch whose images all failed to decode adds nothing; a NaN/inf loss stops the run with the step and
+  the batch's files (`on_nonfinite_loss: stop`) or adds nothing (`skip`), before any weight sees it;
+- `train` / `evaluate` / `predict` / `save_model`: with `ema_decay`, the average of the weights is what is
+  evaluated and saved; a checkpoint holds the raw weights (to resume from) and `ema.safetensors`;
 - `_get_dataloader`: a streamed train split is already split per process, so its batches are not dispatched;
   a streamed eval split is read by the main process and dispatched, so every example is scored exactly once;
 - `create_model_card`: renders `model_card.md` via `reports.model_card` (also when `push_to_hub` calls it);
 - metrics come from `metrics.reduce_logits` + `metrics.ComputeMetrics` (top-5 ids per example, never all logits).
 
-What this relies on inside transformers / accelerate (each has a test in `tests/test_trainer.py` that fails when
-an upgrade changes it):
+What this relies on inside transformers / accelerate / torch (each has a test in `tests/test_trainer.py` or
+`tests/test_strategies.py` that fails when an upgrade changes it):
 1. patch: `optimizer.step` is replaced on the optimizer instance (`_guard_optimizer_step`); accelerate's
-   `AcceleratedOptimizer.step` calls it, so a skipped update takes no step (no momentum, no weight decay);
+   `AcceleratedOptimizer.step` calls it, so a skipped update takes no step (no momentum, no weight decay) and
+   moves no EMA;
 2. patch: `accelerator.dataloader_config.dispatch_batches` is switched for the duration of one
    `_get_dataloader` call (`_dispatch`), and restored;
 3. private override: `_prepare_inputs` (the Trainer calls it on every train and eval batch) pops `example_ids`,
@@ -20,40 +29,63 @@ an upgrade changes it):
 4. private override: `_get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)`
    (the common path of the train, eval and test loaders);
 5. frozen BatchNorm layers are held in eval mode by a forward pre-hook (`strategies.hold_batchnorm`), a public
-   torch API: nothing on the module is patched, and unfreezing removes the hook.
+   torch API: nothing on the module is patched, and unfreezing removes the hook;
+6. private override: `_get_train_sampler(train_dataset)` returns the balanced sampler when there is one;
+7. `set_initial_training_values` returns the optimizer steps per epoch second; `create_scheduler` sets the
+   private `_created_lr_scheduler` so a second `train()` builds a fresh schedule, as the Trainer's own does;
+8. attributes set after `Trainer.__init__`: `model_accepts_loss_kwargs = False` (ResNet's forward takes
+   `**kwargs` but ignores `num_items_in_batch`, so the Trainer must divide its batch-mean loss by the gradient
+   accumulation steps and not multiply it by the process count) and `label_smoother = None` (smoothing is ours);
+9. torch optimizers skip parameters whose `.grad` is None (frozen ones: no step, no state), and DDP with
+   `find_unused_parameters` leaves the gradients of registered but frozen parameters None on every process.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import torch
-from transformers import Trainer
+from transformers import EarlyStoppingCallback, Trainer
+from transformers.trainer_utils import get_last_checkpoint, has_length
 
-from .callbacks import EpochCallback
+from .callbacks import EpochCallback, UnfreezeCallback
+from .checkpoints import CHECKPOINT_RE
 from .constants import IGNORE_INDEX
-from .errors import NonFiniteLossError
+from .ema import WeightEma
+from .errors import ConfigError, NonFiniteLossError
 from .inputs import ImageClassificationDataset, collate
 from .metrics import ComputeMetrics, reduce_logits
+from .optim import describe_groups, milestone_steps, optimizer_kwargs, step_schedule
 from .reports.model_card import CardInfo, write_model_card
-from .strategies import param_groups
+from .strategies import Strategy
 
 logger = logging.getLogger(__name__)
 
 
 class ImageClassificationTrainer(Trainer):
-    def __init__(self, *args, card_info: CardInfo, head_learning_rate: float | None = None,
-                 describe_examples=None, **kwargs):
+    def __init__(self, *args, card_info: CardInfo, strategy: Strategy | None = None, describe_examples=None,
+                 **kwargs):
         kwargs.setdefault("data_collator", collate)
         kwargs.setdefault("compute_metrics", ComputeMetrics(len(card_info.labels)))
         kwargs.setdefault("preprocess_logits_for_metrics", reduce_logits)
         super().__init__(*args, **kwargs)
-        if isinstance(self.train_dataset, ImageClassificationDataset):
-            self.add_callback(EpochCallback(self.train_dataset))
+        self.strategy = strategy if strategy is not None else Strategy.default()
+        self.model_accepts_loss_kwargs = False  # (8) the loss is a batch mean: the Trainer scales it for accumulation
+        self.label_smoother = None  # (8) label_smoothing_factor is applied by our loss, which skips -100 labels
+        self.loss = self.strategy.training_loss(self.model.config.num_labels, self.args.label_smoothing_factor)
+        options = self.strategy.args
+        self.ema = WeightEma(self.model, options.ema_decay, options.ema_warmup) if options.ema_decay else None
+        epoch_aware = [self.train_dataset] if isinstance(self.train_dataset, ImageClassificationDataset) else []
+        epoch_aware += [self.strategy.sampler] if self.strategy.sampler is not None else []
+        if epoch_aware:
+            self.add_callback(EpochCallback(*epoch_aware))
+        if options.early_stopping_patience is not None:
+            self.add_callback(EarlyStoppingCallback(options.early_stopping_patience, options.early_stopping_threshold))
         self.card_info = card_info
-        self.head_learning_rate = head_learning_rate
         self.describe_examples = describe_examples  # example ids -> file names, for messages
+        self.steps_per_epoch: int | None = None  # optimizer steps, known once training starts
         self._example_ids = None
         self._skip_update = False
 
@@ -85,7 +117,7 @@ class ImageClassificationTrainer(Trainer):
         buffers = [(b, b.detach().clone()) for b in model.buffers()] if skipping else []
         # Every process runs the forward pass and the reduce below, whatever its batch holds: a process that
         # returned early would leave the others waiting in a collective.
-        result = super().compute_loss(model, inputs, **kwargs)
+        result = self._training_loss(model, inputs, **kwargs)
         loss = result[0] if return_outputs else result
         all_skipped = labels is not None and bool((labels == IGNORE_INDEX).all())  # every image failed to decode
         flags = torch.tensor([0.0 if all_skipped or bool(torch.isfinite(loss).all()) else 1.0], device=loss.device)
@@ -112,31 +144,117 @@ class ImageClassificationTrainer(Trainer):
         zero = self._zero_loss(model)
         return (zero, result[1]) if return_outputs else zero
 
-    # Optimizer: our parameter groups, a step that can be skipped ------------------------------------------------
+    def _training_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's own cross-entropy, or `losses.TrainingLoss` (smoothing, class weights, mixup, CutMix)."""
+        if not self.loss.active:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        inputs["pixel_values"], targets = self.loss.mix(inputs["pixel_values"], labels)
+        outputs = model(**inputs)
+        loss = self.loss(outputs["logits"], targets)
+        return (loss, outputs) if return_outputs else loss
+
+    # Optimizer and schedule: the strategy's groups, a step that can be skipped, step decay ------------------------
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             opt_model = self.model if model is None else model
-            groups = param_groups(opt_model, self.args.learning_rate, self.args.weight_decay, self.head_learning_rate)
+            groups = self.strategy.param_groups(opt_model, self.args.learning_rate, self.args.weight_decay)
             if self.optimizer_cls_and_kwargs is not None:
-                optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+                optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
             else:
-                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+                optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            options = self.strategy.args
+            kwargs = optimizer_kwargs(optimizer_cls, kwargs, options.sgd_momentum, options.sgd_nesterov)
+            self.optimizer = optimizer_cls(groups, **kwargs)
             self._guard_optimizer_step(self.optimizer)
+            settings = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k != "lr")
+            logger.info("Optimizer %s (%s); groups at the first step:\n%s", optimizer_cls.__name__, settings,
+                        describe_groups(self.optimizer.param_groups, self.strategy.plan.frozen_after(0)))
         return self.optimizer
 
     def _guard_optimizer_step(self, optimizer) -> None:
-        """Skip the whole optimizer step (momentum, weight decay) of an update whose loss was not finite."""
+        """Skip the whole optimizer step (momentum, weight decay) of an update whose loss was not finite; after a
+        step taken, move the EMA of the weights."""
         step = optimizer.step
 
         def guarded_step(*args, **kwargs):
             if self._skip_update:
                 self._skip_update = False
                 return None
-            return step(*args, **kwargs)
+            result = step(*args, **kwargs)
+            if self.ema is not None:
+                self.ema.update(self.model)
+            return result
 
         optimizer.step = guarded_step
+
+    def set_initial_training_values(self, args, dataloader):
+        values = super().set_initial_training_values(args, dataloader)
+        self.steps_per_epoch = values[1] if has_length(dataloader) else self.strategy.steps_per_epoch
+        plan = self.strategy.plan
+        self.remove_callback(UnfreezeCallback)
+        if plan.unfreeze:
+            if self.steps_per_epoch is None:
+                raise ConfigError("`unfreeze_epochs` needs epochs, and this stream's size is unknown.")
+            self.add_callback(UnfreezeCallback(plan, self.steps_per_epoch))
+        return values
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        options = self.strategy.args
+        if self.lr_scheduler is None and options.step_decay:
+            if self.steps_per_epoch is None:
+                raise ConfigError("`lr_milestones` / `lr_step_size` need epochs, and this stream's size is unknown.")
+            milestones = milestone_steps(options.lr_milestones, options.lr_step_size, self.steps_per_epoch,
+                                         num_training_steps)
+            warmup = self.args.get_warmup_steps(num_training_steps)
+            self.lr_scheduler = step_schedule(optimizer or self.optimizer, warmup, milestones, options.lr_gamma)
+            self._created_lr_scheduler = True  # (7) a second train() builds a fresh one
+            logger.info("Step decay: rate x%g at optimizer steps %s (%d per epoch), after %d warm-up steps",
+                        options.lr_gamma, milestones, self.steps_per_epoch, warmup)
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.strategy.sampler is not None:
+            return self.strategy.sampler
+        return super()._get_train_sampler(train_dataset)
+
+    # EMA of the weights: evaluated and saved in their place; a checkpoint keeps both -------------------------------
+
+    def _ema_applied(self):
+        return self.ema.applied(self.model) if self.ema is not None else nullcontext()
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if self.ema is not None and resume_from_checkpoint:
+            folder = resume_from_checkpoint
+            if folder is True:
+                folder = get_last_checkpoint(self.args.output_dir)
+            if folder:
+                self.ema.load(folder)
+        result = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self.ema is not None and self.args.load_best_model_at_end and self.state.best_model_checkpoint:
+            self.ema.load(self.state.best_model_checkpoint)  # the average that was evaluated best
+        return result
+
+    def evaluate(self, *args, **kwargs):
+        with self._ema_applied():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._ema_applied():
+            return super().predict(*args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        folder = output_dir or self.args.output_dir
+        if self.ema is not None and CHECKPOINT_RE.match(Path(folder).name):
+            super().save_model(output_dir, _internal_call)  # the raw weights, which training resumes from
+            if self.args.should_save:
+                self.ema.save(folder)  # before trainer_state.json: a checkpoint with a state has its EMA
+            return
+        with self._ema_applied():
+            super().save_model(output_dir, _internal_call)
 
     # Streamed data under several processes ----------------------------------------------------------------------
 

@@ -5,8 +5,10 @@ Eval reproduces the processor's resize + center crop exactly (tests compare tens
 accuracy measured here is the accuracy `pipeline("image-classification")` gives on the same images. Note the
 HF example script resizes ResNet-50's eval images to 224 and crops 224, ignoring crop_pct (256 -> 224).
 
-Train is RandomResizedCrop + horizontal flip at the processor's crop size. `inputs.py` applies them per
-example inside the DataLoader workers.
+Train is RandomResizedCrop + horizontal flip at the processor's crop size, then what the recipe adds, in timm's
+and torchvision's reference order: an augmentation policy (RandAugment, TrivialAugmentWide, AutoAugment), colour
+jitter, rotation/translation, the processor's normalisation, random erasing. All run on uint8 tensors with
+torch's random generator, which `inputs.py` seeds per example, inside the DataLoader workers.
 """
 
 from __future__ import annotations
@@ -151,9 +153,13 @@ class EvalTransform(torch.nn.Module):
 
 
 def build_train_transform(
-    cfg: PreprocessConfig, scale: Sequence[float] = (0.08, 1.0), flip: float = 0.5
+    cfg: PreprocessConfig, scale: Sequence[float] = (0.08, 1.0), flip: float = 0.5, auto_augment: str = "none",
+    rand_augment_magnitude: int = 9, color_jitter: float = 0.0, rotation_degrees: float = 0.0,
+    translate: float = 0.0, random_erasing: float = 0.0,
 ) -> Callable[[Image.Image], torch.Tensor]:
-    """RandomResizedCrop at the model's input size, optional horizontal flip, the processor's normalisation."""
+    """RandomResizedCrop at the model's input size, optional flip and augmentations (each off at 0 / `none`),
+    the processor's normalisation, optional random erasing (of the normalised image: the erased box is 0, the
+    dataset mean's colour)."""
     steps: list = [
         v2.Lambda(to_rgb),
         v2.PILToTensor(),
@@ -161,8 +167,31 @@ def build_train_transform(
     ]
     if flip > 0:
         steps.append(v2.RandomHorizontalFlip(p=flip))
+    bilinear = InterpolationMode.BILINEAR  # geometric ops on tensors take nearest or bilinear only
+    policies = {
+        "randaugment": lambda: v2.RandAugment(magnitude=rand_augment_magnitude, interpolation=bilinear),
+        "trivialaugment": lambda: v2.TrivialAugmentWide(interpolation=bilinear),
+        "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=bilinear),
+    }
+    if auto_augment in policies:
+        steps.append(policies[auto_augment]())
+    if color_jitter > 0:
+        steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+    if rotation_degrees > 0 or translate > 0:
+        steps.append(v2.RandomAffine(degrees=rotation_degrees, translate=(translate, translate) if translate else None,
+                                     interpolation=bilinear))
     steps.append(_Normalize(cfg))
+    if random_erasing > 0:
+        steps.append(v2.RandomErasing(p=random_erasing, value=0))
     return v2.Compose(steps)
+
+
+def augmentation(data_args) -> dict:
+    """`build_train_transform`'s keyword arguments from a recipe's `DataArguments`."""
+    names = ("auto_augment", "rand_augment_magnitude", "color_jitter", "rotation_degrees", "translate",
+             "random_erasing")
+    return {"scale": data_args.random_resized_crop_scale, "flip": data_args.horizontal_flip,
+            **{name: getattr(data_args, name) for name in names}}
 
 
 def build_eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:

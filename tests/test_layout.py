@@ -11,9 +11,9 @@ PACKAGE = Path(hf_resnet.__file__).parent
 LAYERS = [
     ["constants", "errors"],
     ["configs", "bundled", "folders", "images"],
-    ["parser", "data", "transforms", "skips"],
-    ["inputs", "modeling", "strategies", "metrics", "checkpoints", "preflight"],
-    ["reports.model_card", "reports.predictions", "reports.audit", "callbacks"],
+    ["parser", "data", "transforms", "skips", "losses", "ema", "optim"],
+    ["inputs", "modeling", "metrics", "checkpoints", "preflight", "balance"],
+    ["strategies", "reports.model_card", "reports.predictions", "reports.audit", "callbacks"],
     ["trainer"],
     ["run"],
     ["cli"],

@@ -1,0 +1,71 @@
+"""An exponential moving average (EMA) of a model's weights, as timm's ModelEmaV3 keeps it.
+
+After each optimizer step n (n = 1, 2, ...), every floating-point tensor of the model's state dict (parameters and
+BatchNorm statistics) moves the average towards the model:
+    ema_n = d_n * ema_{n-1} + (1 - d_n) * weights_n,   ema_0 = the weights training starts from
+    d_n   = min(decay, (1 + n) / (10 + n)) with warm-up, else decay
+Integer buffers (BatchNorm's `num_batches_tracked`) are copied. The average lives beside the model (one more copy
+of the weights) and is saved with the update count, so a resumed run continues it exactly.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import ConfigError
+
+EMA_FILE = "ema.safetensors"
+
+
+class WeightEma:
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True):
+        self.decay, self.warmup = float(decay), bool(warmup)
+        self.updates = 0
+        self.shadow = {name: t.detach().clone() for name, t in model.state_dict().items()}
+
+    def decay_at(self, update: int) -> float:
+        return min(self.decay, (1 + update) / (10 + update)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        weight = 1.0 - self.decay_at(self.updates)
+        for name, tensor in model.state_dict().items():
+            average = self.shadow[name]
+            if average.is_floating_point():
+                average.lerp_(tensor.detach().to(average.dtype), weight)
+            else:
+                average.copy_(tensor)
+
+    @contextmanager
+    def applied(self, model: torch.nn.Module):
+        """The model holds the average inside the block and its own weights again after it."""
+        own = {name: t.detach().clone() for name, t in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(own)
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / EMA_FILE
+        tensors = {name: t.detach().cpu().contiguous() for name, t in self.shadow.items()}
+        save_file(tensors, str(path), metadata={"updates": str(self.updates), "decay": repr(self.decay)})
+        return path
+
+    def load(self, folder: str | Path) -> None:
+        path = Path(folder) / EMA_FILE
+        if not path.is_file():
+            raise ConfigError(
+                f"{folder} has no {EMA_FILE}: it was saved without `ema_decay`, so its average cannot be continued. "
+                "Resume without `ema_decay`, or `--resume_from_checkpoint false` to start afresh."
+            )
+        with safe_open(str(path), framework="pt") as handle:
+            self.updates = int(handle.metadata()["updates"])
+            for name, average in self.shadow.items():
+                average.copy_(handle.get_tensor(name))
