@@ -28,7 +28,7 @@ def milestone_steps(milestones: list[float], step_size: float | None, steps_per_
                     total_steps: int) -> list[int]:
     """Milestones in epochs -> optimizer steps (rounded); `step_size` epochs -> every multiple of it before the end."""
     if step_size is not None:
-        count = math.ceil(total_steps / (step_size * steps_per_epoch))
+        count = math.ceil(total_steps / (step_size * steps_per_epoch)) - 1  # the multiples before the last step
         milestones = [step_size * k for k in range(1, count + 1)]
     return [round(epoch * steps_per_epoch) for epoch in milestones]
 

@@ -32,3 +32,54 @@ def test_persistent_workers_would_freeze_augmentation(tmp_path):
         FinetuneTrainingArguments(output_dir=str(tmp_path), dataloader_num_workers=2,
                                   dataloader_persistent_workers=True)
 
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"tuning": "linear_probe", "frozen_stages": 2}, "already freezes the whole backbone"),
+    ({"frozen_stages": 5}, "`frozen_stages` must be -1"),
+    ({"unfreeze_epochs": [3, 1]}, "`unfreeze_epochs` must be positive and in order"),
+    ({"frozen_batchnorm": "adapt"}, "`frozen_batchnorm` must be 'eval' or 'train'"),
+    ({"param_groups": ["conv1 lr=0.1"]}, r"must read `SELECTOR: lr=0.01"),
+    ({"param_groups": [{"params": "fc", "momentum": 0.5}]}, r"needs `params` .* got \['momentum'\]"),
+    ({"param_groups": ["fc: lr=fast"]}, "`lr` must be a number"),
+    ({"lr_milestones": [5], "lr_step_size": 2}, "`lr_milestones` or `lr_step_size`, not both"),
+    ({"class_weights": ["heavy"]}, "`class_weights` must be a list of numbers"),
+    ({"class_weights": ["auto"], "balanced_sampler": True}, "correct it twice"),
+    ({"sgd_momentum": 0.0, "sgd_nesterov": True}, "needs `sgd_momentum` > 0"),
+    ({"ema_decay": 1.5}, "`ema_decay` must be in"),
+])
+def test_bad_strategy_values_name_the_field_and_the_fix(values, match):
+    with pytest.raises(ConfigError, match=match):
+        StrategyArguments(**values)
+
+
+def test_param_groups_from_yaml_and_command_line_agree():
+    yaml_style = StrategyArguments(param_groups=[{"params": "conv1", "lr": 0.001}, {"params": "fc", "lr": 0.01}])
+    cli_style = StrategyArguments(param_groups=["conv1: lr=0.001", "fc: lr=0.01, weight_decay=0"])
+    assert yaml_style.param_groups[0] == cli_style.param_groups[0] == {"params": "conv1", "lr": 0.001,
+                                                                       "weight_decay": None}
+    assert cli_style.param_groups[1]["weight_decay"] == 0.0
+    assert StrategyArguments(class_weights="auto").class_weights == "auto"
+    assert StrategyArguments(class_weights=["1", "2.5"]).class_weights == [1.0, 2.5]
+
+
+@pytest.mark.parametrize("strategy, training, match", [
+    ({"lr_milestones": [5]}, {"lr_scheduler_type": "cosine"}, "set `lr_scheduler_type: constant`"),
+    ({}, {"optim": "sgd", "optim_args": "momentum=0.5"}, "use `sgd_momentum`"),
+    ({"sgd_nesterov": True}, {"optim": "adamw_torch"}, "applies to `optim: sgd`"),
+    ({"early_stopping_patience": 2}, {}, "needs `metric_for_best_model`"),
+])
+def test_strategy_settings_that_contradict_the_trainers(tmp_path, strategy, training, match):
+    args = FinetuneTrainingArguments(output_dir=str(tmp_path), report_to="none", **training)
+    with pytest.raises(ConfigError, match=match):
+        StrategyArguments(**strategy).check_with(args)
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"auto_augment": "randaug"}, "`auto_augment` must be one of"),
+    ({"random_erasing": 1.5}, "`random_erasing` must be between 0 and 1"),
+    ({"rotation_degrees": 270}, "`rotation_degrees` must be 0-180"),
+])
+def test_bad_augmentation_values(tmp_path, values, match):
+    with pytest.raises(ConfigError, match=match):
+        DataArguments(train_dir=str(tmp_path), **values)

@@ -8,7 +8,7 @@ from transformers import ResNetConfig
 
 from hf_resnet.configs import ModelArguments
 from hf_resnet.errors import ModelLoadError
-from hf_resnet.modeling import build_model, head_label_map, load_config, pretrained_label_map
+from hf_resnet.modeling import build_model, checkpoint_rows, head_label_map, load_config, pretrained_label_map
 
 
 def build(args: ModelArguments, labels: list[str]):
@@ -61,3 +61,26 @@ def test_pretrained_label_map_needs_the_same_names():
     assert pretrained_label_map(twice, ["goldfish", "crane", "crane"]) is None  # ambiguous: which crane is which
     assert pretrained_label_map(config, ["goldfish", "shark", "tench, tinca tinca"]) is None
 
+
+
+def test_classes_that_are_some_of_the_checkpoints_start_from_its_rows(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "ckpt", ["tabby, tabby cat", "red", "dog", "blue", "green"])
+    model, label_map = build(ModelArguments(model_name_or_path=str(ckpt)), ["blue", "green", "red"])
+    assert label_map is None and model.config.id2label == {0: "blue", 1: "green", 2: "red"}
+    saved = load_file(str(ckpt / "model.safetensors"))
+    assert torch.equal(model.classifier[1].weight, saved["classifier.1.weight"][[3, 4, 1]])
+    assert torch.equal(model.classifier[1].bias, saved["classifier.1.bias"][[3, 4, 1]])
+    logits = model(pixel_values=torch.randn(2, 3, 32, 32)).logits
+    assert logits.shape == (2, 3) and model.num_labels == 3
+    random_head, _ = build(ModelArguments(model_name_or_path=str(ckpt), head_from_checkpoint_rows=False),
+                           ["blue", "green", "red"])
+    assert not torch.equal(random_head.classifier[1].weight, saved["classifier.1.weight"][[3, 4, 1]])
+
+
+def test_checkpoint_rows_by_name_or_synonym_and_never_ambiguous():
+    config = ResNetConfig(num_labels=4, id2label={0: "tench, Tinca tinca", 1: "crane", 2: "tabby, tabby cat",
+                                                   3: "crane"})
+    assert checkpoint_rows(config, ["tabby_cat", "Tench"]) == [2, 0]  # a synonym, any case, _ for space
+    assert checkpoint_rows(config, ["tabby", "crane"]) is None  # which crane?
+    assert checkpoint_rows(config, ["tabby", "lion"]) is None
+    assert checkpoint_rows(config, ["tabby", "tabby cat"]) is None  # two classes on one row

@@ -12,9 +12,11 @@ import torch
 from conftest import finetune, recipe_args
 from transformers import ResNetConfig, ResNetForImageClassification, Trainer
 
-from hf_resnet.configs import FinetuneTrainingArguments
+from hf_resnet.balance import BalancedSampler
+from hf_resnet.configs import FinetuneTrainingArguments, StrategyArguments
 from hf_resnet.errors import NonFiniteLossError
 from hf_resnet.reports.model_card import CardInfo
+from hf_resnet.strategies import Strategy, plan_freezing
 from hf_resnet.trainer import ImageClassificationTrainer
 
 
@@ -34,7 +36,7 @@ class ProbeTrainer(ImageClassificationTrainer):
         return super()._prepare_inputs(inputs)
 
 
-def tiny_trainer(tmp_path, **overrides) -> ProbeTrainer:
+def tiny_trainer(tmp_path, strategy_args: StrategyArguments | None = None, sampler=None, **overrides) -> ProbeTrainer:
     torch.manual_seed(0)
     config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], layer_type="basic",
                           num_labels=2)
@@ -44,8 +46,13 @@ def tiny_trainer(tmp_path, **overrides) -> ProbeTrainer:
                   eval_strategy="no", optim="sgd", learning_rate=0.1, lr_scheduler_type="constant")
     args = FinetuneTrainingArguments(**{**values, **overrides})
     card = CardInfo(base_model=None, dataset_name="tiny", dataset_id=None, labels=["a", "b"], tuning="full")
-    return ProbeTrainer(model=ResNetForImageClassification(config), args=args, train_dataset=examples,
-                        eval_dataset=examples, card_info=card)
+    model = ResNetForImageClassification(config)
+    strategy = None
+    if strategy_args is not None:
+        strategy = Strategy(strategy_args, plan_freezing(model, strategy_args), sampler=sampler)
+        strategy.plan.start(model)
+    return ProbeTrainer(model=model, args=args, train_dataset=examples, eval_dataset=examples, card_info=card,
+                        strategy=strategy)
 
 
 def test_every_batch_goes_through_prepare_inputs_and_every_loader_through_get_dataloader(tmp_path):
@@ -96,6 +103,44 @@ def test_dispatch_setting_is_switched_for_one_loader_and_restored(tmp_path):
             loader = trainer.accelerator.prepare_data_loader(torch.utils.data.DataLoader(Stream(), batch_size=2))
         assert type(loader).__name__ == kind
         assert config.dispatch_batches is before
+
+
+def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path):
+    """(8): ResNet's loss is a batch mean; 2 accumulated batches of 4 must move the head as 1 batch of 8 does (the
+    Trainer would otherwise take the sum, twice the step). A linear probe, so BatchNorm does not depend on the
+    batch size."""
+    probe = StrategyArguments(tuning="linear_probe", sgd_momentum=0.0)
+    heads = []
+    for batch, accumulate in ((8, 1), (4, 2)):
+        trainer = tiny_trainer(tmp_path / str(batch), probe, max_steps=1, per_device_train_batch_size=batch,
+                               gradient_accumulation_steps=accumulate)
+        trainer.train()
+        heads.append(trainer.model.classifier[1].weight.detach().clone())
+    start = tiny_trainer(tmp_path / "start", probe).model.classifier[1].weight
+    assert not torch.equal(heads[0], start)
+    assert torch.allclose(heads[0], heads[1], atol=1e-6), (heads[0] - heads[1]).abs().max()
+
+
+def test_the_trainer_counts_steps_per_epoch_and_draws_from_the_strategys_sampler(tmp_path):
+    """(6) and (7): the balanced sampler reaches the training DataLoader (through accelerate), and the optimizer
+    steps per epoch are known when training starts."""
+    sampler = BalancedSampler(torch.tensor([0, 0, 0, 0, 0, 0, 1, 1]).numpy(), torch.tensor([6, 2]).numpy(), seed=0)
+    trainer = tiny_trainer(tmp_path, StrategyArguments(balanced_sampler=True), sampler=sampler, max_steps=-1,
+                           num_train_epochs=1)
+    assert trainer._get_train_sampler() is sampler
+    seen = [i for batch in trainer.get_train_dataloader() for i in batch["example_ids"].tolist()]
+    sampler.set_epoch(0)
+    assert seen == list(sampler)
+    trainer.train()
+    assert trainer.steps_per_epoch == 2  # 8 examples, batches of 4
+
+
+def test_sgd_momentum_reaches_the_optimizer(tmp_path):
+    trainer = tiny_trainer(tmp_path, StrategyArguments(sgd_momentum=0.8, sgd_nesterov=True))
+    trainer.create_optimizer()
+    assert all(g["momentum"] == 0.8 and g["nesterov"] for g in trainer.optimizer.param_groups)
+    assert {g["name"] for g in trainer.optimizer.param_groups} == {"head", "head/no_decay", "backbone",
+                                                                   "backbone/no_decay"}
 
 
 @pytest.mark.slow

@@ -56,6 +56,26 @@ def test_train_transform_shape_and_randomness():
     assert batch["pixel_values"].shape == (2, 3, 224, 224) and batch["labels"].tolist() == [1, 0]
 
 
+@pytest.mark.parametrize("option", [
+    {"auto_augment": "randaugment"}, {"auto_augment": "trivialaugment"}, {"auto_augment": "autoaugment"},
+    {"color_jitter": 0.4}, {"rotation_degrees": 20.0}, {"translate": 0.2}, {"random_erasing": 1.0},
+])
+def test_each_augmentation_changes_the_image_and_is_a_function_of_the_seed(option):
+    cfg = PreprocessConfig.from_processor(resnet50_processor())
+    plain, augmented = build_train_transform(cfg, flip=0.0), build_train_transform(cfg, flip=0.0, **option)
+    image = Image.open(PHOTO_FILES[1])
+    differs = []
+    for seed in range(4):  # a policy may draw its identity op for one seed
+        outputs = []
+        for transform in (plain, augmented, augmented):
+            torch.manual_seed(seed)  # as inputs.py seeds each example: same seed, same crop
+            outputs.append(transform(image))
+        assert outputs[1].shape == (3, 224, 224) and outputs[1].dtype == torch.float32
+        assert torch.equal(outputs[1], outputs[2])  # the same result for the same seed (exact resumes)
+        differs.append(not torch.equal(outputs[0], outputs[1]))
+    assert sum(differs) >= 2, differs  # the option changes the image
+
+
 def test_to_rgb_composites_transparency_on_white():
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[..., 0] = 255  # red under a fully transparent alpha must not show
