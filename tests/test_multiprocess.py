@@ -2,11 +2,14 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO, recipe_args
+import torch
+from conftest import REPO, recipe_args, save_checkpoint
+from safetensors.torch import load_file
 
 
 def launch(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -69,3 +72,73 @@ def test_two_processes_on_a_multi_shard_stream_of_unknown_size(tmp_path, colour_
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     assert json.loads((out / "all_results.json").read_text())["eval_samples"] == 24
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Train a tiny ResNet under gloo DDP as the trainer does with gradual unfreezing: every parameter that will
+    train is registered when DDP wraps the model, stage 4 is frozen for 2 steps and then unfrozen; each process
+    sees different data."""
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    from hf_resnet.configs import StrategyArguments
+    from hf_resnet.strategies import param_groups, plan_freezing
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1] * 4,
+                                                      layer_type="basic", num_labels=3))
+    plan = plan_freezing(model, StrategyArguments(tuning="linear_probe", unfreeze_epochs=[1]))
+    plan.start(model)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    optimizer = torch.optim.SGD(param_groups(model, 0.1, 1e-4), lr=0.1, momentum=0.9)
+    torch.manual_seed(100 + rank)
+    no_grad_while_frozen = True
+    for step in range(4):
+        plan.apply(model, plan.due(step, steps_per_epoch=2))
+        pixels, labels = torch.randn(4, 3, 16, 16), torch.randint(0, 3, (4,))
+        optimizer.zero_grad()
+        F.cross_entropy(ddp(pixel_values=pixels).logits, labels).backward()
+        if step < 2:
+            no_grad_while_frozen &= all(p.grad is None for n, p in model.named_parameters() if ".stages.3." in n)
+        optimizer.step()
+    torch.save({"weights": model.state_dict(), "no_grad_while_frozen": no_grad_while_frozen}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_syncs_the_gradients_of_a_stage_unfrozen_mid_training(tmp_path):
+    """(trainer docstring, 9): if DDP did not all-reduce the gradients of parameters frozen when their first
+    steps ran, the two processes would drift apart after the unfreeze; their weights must stay identical."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert all(r["no_grad_while_frozen"] for r in ranks)  # frozen: no gradient, so no step, momentum or decay
+    a, b = ranks[0]["weights"], ranks[1]["weights"]
+    assert [name for name in a if not torch.equal(a[name], b[name])] == []
+    torch.manual_seed(0)
+    from transformers import ResNetConfig, ResNetForImageClassification
+    start = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1] * 4,
+                                                      layer_type="basic", num_labels=3)).state_dict()
+    moved = {name.split(".")[3] if ".stages." in name else name.split(".")[0] for name in a
+             if not torch.equal(start[name], a[name])}
+    assert moved == {"classifier", "3"}  # the head and stage 4 trained; stages 1-3 and the stem did not
+
+
+@pytest.mark.slow
+def test_gradual_unfreezing_under_two_processes(tmp_path, colour_folders):
+    ckpt = save_checkpoint(tmp_path / "ckpt", ["cat", "blue", "green", "red"])
+    out = tmp_path / "out"
+    result = launch([*recipe_args(out, colour_folders, model_name_or_path=str(ckpt), config_name=None,
+                                  num_train_epochs="2", tuning="linear_probe", learning_rate="0.01"),
+                     "--unfreeze_epochs", "1"])
+    assert "ddp_find_unused_parameters set to true" in result.stdout + result.stderr
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 10
+    before, after = load_file(str(ckpt / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    moved = {n for n in before if not n.startswith("classifier") and not torch.equal(before[n], after[n])}
+    assert moved and all(name.startswith("resnet.encoder.stages.3.") for name in moved)
+    assert {name.rsplit(".", 1)[-1] for name in moved} >= {"weight", "running_mean"}

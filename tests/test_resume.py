@@ -7,6 +7,7 @@ it reaches the checkpoint the test waits for), and every wait has a deadline.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,3 +90,48 @@ def test_streamed_run_resumes_after_sigkill(tmp_path, colour_folders):
     assert steps == [27, 27]
     accuracy = [json.loads((d / "all_results.json").read_text())["eval_accuracy"] for d in (reference, killed)]
     assert abs(accuracy[0] - accuracy[1]) <= 0.1
+
+
+# Gradual unfreezing with everything that carries state across steps: the unfreeze position, per-group rates under
+# layer decay and a step decay, SGD momentum buffers, the EMA, and the random draws of mixup and dropout.
+STRATEGY = ["--tuning", "linear_probe", "--unfreeze_epochs", "1", "2", "--layer_decay", "0.7", "--optim", "sgd",
+            "--lr_scheduler_type", "constant", "--lr_milestones", "2", "--ema_decay", "0.9", "--mixup_alpha", "0.4",
+            "--head_dropout", "0.1", "--label_smoothing_factor", "0.1", "--learning_rate", "0.02"]
+
+
+def strategy_command(out, folders):
+    args = recipe_args(out, folders, num_train_epochs="3", save_strategy="steps", save_steps="3",
+                       save_total_limit="2", dataloader_num_workers="0")
+    return [sys.executable, "-m", "hf_resnet.cli", "train", *args, *STRATEGY]
+
+
+def tensors_equal(a: dict, b: dict) -> list[str]:
+    assert a.keys() == b.keys()
+    return [name for name in a if not torch.equal(a[name], b[name])]
+
+
+@pytest.mark.slow
+def test_gradual_unfreezing_killed_after_the_first_unfreeze_resumes_exactly(tmp_path, colour_folders):
+    """9 steps an epoch: stage 4 unfreezes at step 9, stage 3 at step 18. Killed at checkpoint 12, the rerun
+    must train stage 4 at once (not re-freeze it) and end where an uninterrupted run ends."""
+    reference, killed, log = tmp_path / "reference", tmp_path / "killed", tmp_path / "log.txt"
+    reference_log = finish(strategy_command(reference, colour_folders), tmp_path / "reference.txt")
+
+    proc = start(strategy_command(killed, colour_folders), log)
+    kill_when(proc, killed / "checkpoint-12" / "trainer_state.json")
+    assert not (killed / "model.safetensors").exists()
+    output = finish(strategy_command(killed, colour_folders), log)
+    resumed = int(re.search(r"Resuming from \S*checkpoint-(\d+)", output).group(1))
+    assert 9 < resumed < 18, resumed  # after the first unfreeze, before the second
+    assert re.search(rf"Step {resumed} \(epoch [\d.]+\): training stage4, head \(", output), output[-3000:]
+    for text in (reference_log, output):  # the second unfreeze, in both runs, at the same step
+        assert re.search(r"Step 18 \(epoch 2.00\): training stage3, stage4, head \(", text)
+
+    for name in ("model.safetensors", "checkpoint-27/model.safetensors", "checkpoint-27/ema.safetensors"):
+        assert tensors_equal(load_file(str(reference / name)), load_file(str(killed / name))) == [], name
+    a, b = (torch.load(d / "checkpoint-27" / "optimizer.pt", weights_only=False) for d in (reference, killed))
+    assert a["param_groups"] == b["param_groups"]  # names, members, rates (decayed at epoch 2), momentum
+    assert {g["name"]: g["lr"] for g in a["param_groups"]}["stage3"] == pytest.approx(0.02 * 0.7**2 * 0.1)
+    assert a["state"].keys() == b["state"].keys()  # the same parameters received gradients: the trainable set
+    for index in a["state"]:
+        assert tensors_equal(a["state"][index], b["state"][index]) == [], index  # momentum buffers
