@@ -50,6 +50,7 @@ def test_abbreviated_cli_flag_is_an_error(tmp_path):
 def test_every_shipped_recipe_parses(recipe):
     model_args, data_args, strategy_args, training_args = parse_args(["--config", recipe])
     assert training_args.output_dir.startswith("outputs/")
+    strategy_args.check_with(training_args)  # no strategy setting contradicts a Trainer setting
 
 
 def test_shipped_recipes_are_found_by_name_path_or_old_spelling():

@@ -244,3 +244,22 @@ def test_frozen_batchnorm_may_be_left_to_adapt():
     model(pixel_values=torch.randn(4, 3, 32, 32))
     assert not batchnorm_held(bn) and not torch.equal(bn.running_mean, before)
     assert not bn.weight.requires_grad
+
+
+STRATEGY_RECIPES = ["resnet50/report_recipe", "resnet50/imagefolder_gradual_unfreeze",
+                    "resnet50/imagefolder_frozen_stages", "resnet50/imagefolder_regularised",
+                    "resnet50/imagefolder_imbalanced"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", STRATEGY_RECIPES)
+def test_each_strategy_recipe_trains(tmp_path, colour_folders, recipe):
+    """The shipped example recipes as written, with a tiny checkpoint, the colour folders and 3 epochs."""
+    ckpt = save_checkpoint(tmp_path / "ckpt", ["a", "b"])
+    out = tmp_path / "out"
+    metrics = finetune(["--config", recipe, "--model_name_or_path", str(ckpt), "--train_dir",
+                        str(colour_folders["train"]), "--validation_dir", str(colour_folders["validation"]),
+                        "--output_dir", str(out), "--num_train_epochs", "3", "--per_device_train_batch_size", "8",
+                        "--dataloader_num_workers", "0"])
+    assert metrics["eval_samples"] == 24 and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    assert (out / "model.safetensors").is_file()

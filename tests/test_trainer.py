@@ -190,3 +190,19 @@ def torch_equal(x, y) -> bool:
 
     return bool(torch.equal(x, y))
 
+
+
+@pytest.mark.slow
+def test_early_stopping_on_the_metric_for_best_model(tmp_path, colour_folders):
+    """A rate of 0 never improves accuracy: with patience 1 the run stops after the 2nd evaluation, of 4 epochs,
+    and ends with the best weights."""
+    import json
+
+    out = tmp_path / "out"
+    finetune(recipe_args(out, colour_folders, learning_rate="0", num_train_epochs="4", save_strategy="epoch",
+                         load_best_model_at_end="true", metric_for_best_model="accuracy",
+                         early_stopping_patience="1"))
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 18  # 2 epochs of 9 steps
+    assert len([h for h in state["log_history"] if "eval_accuracy" in h]) == 2
+    assert state["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"]["early_stopping_patience_counter"] == 1
