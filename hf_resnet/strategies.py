@@ -193,7 +193,9 @@ class FreezePlan:
         text = f"training {', '.join(training) or 'nothing'}"
         text += f" ({sum(not frozen(n) for n in names)} of {len(names)} tensors)"
         text += f"; then {later}" if later else ""
-        return text + ("; frozen BatchNorm in eval mode" if self.keep_batchnorm_stats else "")
+        if any(frozen(n) for n in names):
+            text += "; frozen BatchNorm in eval mode" if self.keep_batchnorm_stats else "; frozen BatchNorm adapts"
+        return text
 
 
 def plan_freezing(model: nn.Module, args: StrategyArguments) -> FreezePlan:

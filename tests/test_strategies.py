@@ -160,12 +160,15 @@ def test_training_changes_exactly_the_trainable_weights(tmp_path, colour_folders
 
 
 @pytest.mark.slow
-def test_gradual_unfreezing_a_stage_is_unchanged_before_its_epoch_and_changes_after(tmp_path, colour_folders):
+@pytest.mark.parametrize("streaming", ["false", "true"])
+def test_gradual_unfreezing_a_stage_is_unchanged_before_its_epoch_and_changes_after(tmp_path, colour_folders,
+                                                                                    streaming):
+    """9 steps an epoch (72 images, batch 8), also on a stream, whose epochs come from the folder's size."""
     ckpt, start = pretrained(tmp_path)
     out = tmp_path / "out"
     finetune([*recipe_args(out, colour_folders, model_name_or_path=str(ckpt), config_name=None, tuning="linear_probe",
                            num_train_epochs="3", learning_rate="0.01", save_strategy="epoch", save_total_limit="3",
-                           eval_strategy="no"), "--unfreeze_epochs", "1", "2"])
+                           eval_strategy="no", streaming=streaming), "--unfreeze_epochs", "1", "2"])
     parts = {part: {n for n in start if n.startswith(prefix)} for part, prefix in (
         ("head", "classifier."), ("stage4", "resnet.encoder.stages.3."), ("stage3", "resnet.encoder.stages.2."))}
     parts["rest"] = set(start) - set().union(*parts.values())

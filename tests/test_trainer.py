@@ -135,6 +135,16 @@ def test_the_trainer_counts_steps_per_epoch_and_draws_from_the_strategys_sampler
     assert trainer.steps_per_epoch == 2  # 8 examples, batches of 4
 
 
+def test_step_decay_schedule_is_built_afresh_for_each_train_call(tmp_path):
+    """(7): the Trainer drops a schedule it created before a new `train()`; ours must be dropped too."""
+    trainer = tiny_trainer(tmp_path, StrategyArguments(lr_milestones=[1]), max_steps=-1, num_train_epochs=2)
+    trainer.train()
+    first = trainer.lr_scheduler
+    assert first.get_last_lr()[0] == pytest.approx(0.01)  # x0.1 after epoch 1 (2 steps of 2)
+    trainer.train()
+    assert trainer.lr_scheduler is not first and trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.01)
+
+
 def test_sgd_momentum_reaches_the_optimizer(tmp_path):
     trainer = tiny_trainer(tmp_path, StrategyArguments(sgd_momentum=0.8, sgd_nesterov=True))
     trainer.create_optimizer()
