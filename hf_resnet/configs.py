@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from .bundled import bundled_names, check_bundled
 from .constants import BUNDLED_PREFIX, DEFAULT_MAX_PIXELS
 from .errors import ConfigError
 
@@ -50,11 +51,24 @@ class ModelArguments:
         },
     )
 
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Also load checkpoints whose weights are only in pickle format (pytorch_model.bin). Pickle can "
+            "run code when loaded: only for checkpoints you trust. By default only safetensors are loaded."
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.model_name_or_path, str) and self.model_name_or_path.lower() in ("", "none", "null"):
             self.model_name_or_path = None  # `--model_name_or_path null` on the command line, as in YAML
+        if self.model_name_or_path in bundled_names("config"):  # a shipped config has no weights: build from it
+            self.model_name_or_path, self.config_name = None, self.config_name or self.model_name_or_path
         if self.model_name_or_path is None and self.config_name is None:
             raise ConfigError("Set `model_name_or_path` (a checkpoint) or `config_name` (a config to build from).")
+        check_bundled(self.model_name_or_path, "config", "model_name_or_path")
+        check_bundled(self.config_name, "config", "config_name")
+        check_bundled(self.image_processor_name, "processor", "image_processor_name")
 
 
 TUNINGS = ("full", "linear_probe")
@@ -147,6 +161,7 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        check_bundled(self.dataset_name, "dataset", "dataset_name")
         hub = self.dataset_name is not None and not self.dataset_name.startswith(BUNDLED_PREFIX)
         if (hub or self.dataset_name == "bundled:digits") and (self.train_dir or self.validation_dir):
             raise ConfigError(
@@ -211,6 +226,18 @@ class FinetuneTrainingArguments(TrainingArguments):
         if self.on_nonfinite_loss not in ("stop", "skip"):
             raise ConfigError(f"`on_nonfinite_loss` must be 'stop' or 'skip', got {self.on_nonfinite_loss!r}.")
         super().__post_init__()
+
+    def cap_dataloader_workers(self) -> str | None:
+        """At most the CPU cores this process may use (shared among the processes on this machine): more workers
+        only slow a run down (torch warns once per loader). Returns what was changed, to log."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        most = max(1, cores // local_processes)
+        if self.dataloader_num_workers <= most:
+            return None
+        asked, self.dataloader_num_workers = self.dataloader_num_workers, most
+        return (f"dataloader_num_workers {asked} -> {most}: this machine gives {cores} CPU core(s) to "
+                f"{local_processes} process(es)")
 
     def _check_precision(self) -> None:
         """fp16/bf16 that this machine cannot run: one message with the fix, not the Trainer's traceback."""

@@ -13,14 +13,9 @@ from __future__ import annotations
 from torch import nn
 
 from .errors import ConfigError
+from .modeling import HEAD_PREFIXES, is_head
 
-HEAD_PREFIXES = ("classifier", "head", "fc")
 _EVAL_HOOK = "_hf_resnet_eval_hook"  # attribute holding the hook handle of a BatchNorm held in eval mode
-
-
-def is_head(name: str) -> bool:
-    """Whether the parameter or module `name` (as in `named_parameters`) belongs to the classifier head."""
-    return name.split(".", 1)[0] in HEAD_PREFIXES
 
 
 def _stay_in_eval(module: nn.Module, args) -> None:
