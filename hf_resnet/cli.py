@@ -94,7 +94,21 @@ def train(argv: list[str] | None = None) -> int:
     except HfResnetError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        _interrupted(arguments[-1].output_dir if "arguments" in locals() else None)
+        raise SystemExit(130) from None
     return 0
+
+
+def _interrupted(output_dir: str | None) -> None:
+    """Ctrl-C: say what is kept and how to go on, instead of a traceback."""
+    from .checkpoints import last_complete_checkpoint
+
+    found = last_complete_checkpoint(output_dir, set_aside=False) if output_dir else None
+    keep = f"{found} is complete: rerun the same command to resume from it." if found else (
+        "No complete checkpoint was saved yet: rerun the same command to start again."
+    )
+    print(f"\ninterrupted. {keep}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

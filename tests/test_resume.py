@@ -89,3 +89,18 @@ def test_streamed_run_resumes_after_sigkill(tmp_path, colour_folders):
     assert steps == [27, 27]
     accuracy = [json.loads((d / "all_results.json").read_text())["eval_accuracy"] for d in (reference, killed)]
     assert abs(accuracy[0] - accuracy[1]) <= 0.1
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_go_on_instead_of_a_traceback(tmp_path, colour_folders):
+    out, log = tmp_path / "out", tmp_path / "log.txt"
+    proc = start(command(out, colour_folders, 0), log)
+    deadline = time.monotonic() + DEADLINE_S
+    while not (out / "checkpoint-4" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=DEADLINE_S) == 130
+    text = log.read_text()
+    assert "interrupted." in text and "rerun the same command to resume from it" in text, text[-2000:]
+    assert "Traceback" not in text, text[-3000:]
