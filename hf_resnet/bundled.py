@@ -3,8 +3,12 @@
 - `bundled:digits`: scikit-learn's 1,797 handwritten digits (8x8), rendered once as 32x32 PNGs into an image
   folder (`train/` and `validation/`, stratified 85/15 with a fixed seed) under `$HF_RESNET_CACHE`
   (default `~/.cache/hf_resnet`).
-- `bundled:resnet-smoke`: a 0.7M-parameter ResNet config and its image processor (32x32 inputs).
+- `bundled:resnet-smoke`: a small ResNet config (basic blocks, widths 16-128; no weights: a model built from it
+  starts random) and its image processor (32x32 inputs).
 - `bundled:resnet-50-processor`: microsoft/resnet-50's preprocessor_config.json (224 crop of a 256 resize).
+
+`check_bundled(name, kind)` tells, before anything is loaded, whether a `bundled:` name exists and is of the
+kind a field needs (a model config, an image processor, a dataset), naming the right ones when it is not.
 """
 
 from __future__ import annotations
@@ -27,6 +31,29 @@ def is_bundled(name: str | None) -> bool:
 
 def cache_root() -> Path:
     return Path(os.environ.get("HF_RESNET_CACHE", Path.home() / ".cache" / "hf_resnet"))
+
+
+DATASETS = ("digits",)
+KINDS = {"config": "a model config", "processor": "an image processor", "dataset": "a dataset"}
+
+
+def bundled_names(kind: str) -> list[str]:
+    """The `bundled:` names of one kind: `config` (has config.json), `processor`, or `dataset`."""
+    if kind == "dataset":
+        return [BUNDLED_PREFIX + name for name in DATASETS]
+    wanted = {"config": "config.json", "processor": "preprocessor_config.json"}[kind]
+    return [BUNDLED_PREFIX + p.parent.name for p in sorted(ASSETS.glob(f"*/{wanted}"))]
+
+
+def check_bundled(name: str | None, kind: str, field: str) -> None:
+    """A `bundled:` name given to `field` must exist and be of `kind`; other names pass untouched."""
+    if not is_bundled(name) or name in bundled_names(kind):
+        return
+    others = [k for k in KINDS if k != kind and name in bundled_names(k)]
+    what = f"is {KINDS[others[0]]}, not {KINDS[kind]}" if others else "is not shipped with the package"
+    raise ConfigError(
+        f"`{field}` {name!r} {what}; {KINDS[kind]} shipped with the package: {', '.join(bundled_names(kind))}."
+    )
 
 
 def resolve_asset(name: str) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from transformers import TrainerCallback
 
+from .checkpoints import fix_file_modes
 from .skips import build_report, publish
 
 logger = logging.getLogger(__name__)
@@ -69,3 +71,11 @@ class SkippedImagesCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._check(state)
+
+
+class FileModesCallback(TrainerCallback):
+    """Each checkpoint's files readable as the umask says (safetensors writes its weights 0600)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            fix_file_modes(Path(args.output_dir) / f"checkpoint-{state.global_step}")

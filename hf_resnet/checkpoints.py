@@ -1,4 +1,4 @@
-"""Which checkpoint a rerun resumes from: the newest *complete* one.
+"""Which checkpoint a rerun resumes from: the newest *complete* one; and files that others can read.
 
 The Trainer writes `checkpoint-N/` file by file (weights, optimizer, scheduler, RNG states, and
 `trainer_state.json` last) and only then deletes older checkpoints, so a crash mid-save leaves a newer, partial
@@ -17,6 +17,28 @@ from pathlib import Path
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+PRIVATE_MODE = 0o600  # what tempfile.mkstemp (and so safetensors' atomic write) gives a file, whatever the umask
+
+
+def usual_mode() -> int:
+    """The mode a newly created file gets under this process's umask (0o644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def fix_file_modes(folder: str | Path) -> int:
+    """Give files under `folder` written private (0600) by a library the mode the umask asks for, so another
+    user, a web server or a container with another uid can read the weights. Returns how many were changed."""
+    wanted, changed = usual_mode(), 0
+    if wanted == PRIVATE_MODE or not Path(folder).is_dir():
+        return 0
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 == PRIVATE_MODE:
+            path.chmod(wanted)
+            changed += 1
+    return changed
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")

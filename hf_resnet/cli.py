@@ -11,29 +11,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from .constants import DEFAULT_MAX_PIXELS
 
 
-def _writable(folder: Path) -> bool:
-    """os.access says yes to root everywhere: a folder with no write bit at all counts as read-only too."""
-    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
-
-
-def _write_json(report: dict, data: str, wanted: str | None) -> Path:
-    """To --json, else DATA/audit.json, else (DATA not writable) ./audit.json."""
-    if wanted:
-        target = Path(wanted)
-    elif _writable(Path(data)):
-        target = Path(data) / "audit.json"
-    else:
-        target = Path.cwd() / "audit.json"
-        print(f"{data} is not writable: writing the JSON report to {target}", file=sys.stderr)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2) + "\n")
+def _json_target(data: str, wanted: str | None) -> Path | None:
+    """Where the JSON report goes: --json PATH (its folder must exist), else ./audit.json; never into DATA
+    (a re-audit would count the report as a stray file, and a read-only dataset would fail). None: stdout."""
+    if wanted == "-":
+        return None
+    target = Path(wanted) if wanted else Path.cwd() / "audit.json"
+    if not target.parent.is_dir():
+        raise ValueError(f"the folder of --json {str(target)!r} does not exist; create it or pass another path")
+    if Path(data).resolve() in target.resolve().parents:
+        raise ValueError(f"{str(target)!r} is inside DATA, and the audit never writes into the data; pass "
+                         "--json PATH outside it (or --json - for standard output)")
     return target
 
 
@@ -48,13 +42,19 @@ def _audit(args: argparse.Namespace) -> int:
 
     max_pixels = args.max_image_pixels or None
     try:
+        target = _json_target(args.data, args.json)  # before the (long) audit: a bad --json fails at once
         report = audit_folder(args.data, max_pixels=max_pixels, progress=True)
-    except AuditError as err:
+    except (AuditError, ValueError) as err:
         print(f"hf-resnet audit: {err}", file=sys.stderr)
         return 2
+    text = json.dumps(report, indent=2) + "\n"
+    if target is None:  # --json -: the JSON on stdout, the table on stderr
+        print(format_report(report), file=sys.stderr)
+        sys.stdout.write(text)
+        return 0 if report["ok"] else 1
     print(format_report(report))
     try:
-        target = _write_json(report, args.data, args.json)
+        target.write_text(text)
     except OSError as err:
         print(f"hf-resnet audit: cannot write the JSON report ({err}); pass --json WRITABLE_PATH.", file=sys.stderr)
         return 2
@@ -72,20 +72,49 @@ def build_parser() -> argparse.ArgumentParser:
         "for undecodable files, duplicates, leaks, missing or tiny classes, modes and sizes. Exit 0: no problems, "
         "1: problems, 2: bad usage."))
     audit.add_argument("data", metavar="DATA", help="the dataset folder")
-    audit.add_argument("--json", metavar="PATH", help="where to write the JSON report (default: DATA/audit.json)")
+    audit.add_argument("--json", metavar="PATH", help="where to write the JSON report (default: ./audit.json; "
+                       "`-`: standard output; never inside DATA)")
     audit.add_argument("--max-image-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
                        help=f"refuse images over N pixels as training does (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     audit.set_defaults(run=_audit)
     return parser
 
 
+def train(argv: list[str] | None = None) -> int:
+    """`hf-resnet train ARGS` (and `recipes/finetune.py ARGS`): a user's error ends with its message on one line
+    and exit code 2, not a traceback. `--help` answers before the training code is imported."""
+    from .errors import HfResnetError
+    from .parser import parse_args
+
+    try:
+        arguments = parse_args(argv)
+        from .run import main as run
+
+        run(*arguments)
+    except HfResnetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        _interrupted(arguments[-1].output_dir if "arguments" in locals() else None)
+        raise SystemExit(130) from None
+    return 0
+
+
+def _interrupted(output_dir: str | None) -> None:
+    """Ctrl-C: say what is kept and how to go on, instead of a traceback."""
+    from .checkpoints import last_complete_checkpoint
+
+    found = last_complete_checkpoint(output_dir, set_aside=False) if output_dir else None
+    keep = f"{found} is complete: rerun the same command to resume from it." if found else (
+        "No complete checkpoint was saved yet: rerun the same command to start again."
+    )
+    print(f"\ninterrupted. {keep}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # the recipe parser owns every flag after `train`
-        from .run import cli
-
-        cli(argv[1:])
-        return 0
+        return train(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from .bundled import bundled_names, check_bundled
 from .constants import BUNDLED_PREFIX, DEFAULT_MAX_PIXELS
 from .errors import ConfigError
 
@@ -56,11 +57,24 @@ class ModelArguments:
                           "the new head from those rows of the pretrained classifier instead of random weights."},
     )
 
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Also load checkpoints whose weights are only in pickle format (pytorch_model.bin). Pickle can "
+            "run code when loaded: only for checkpoints you trust. By default only safetensors are loaded."
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.model_name_or_path, str) and self.model_name_or_path.lower() in ("", "none", "null"):
             self.model_name_or_path = None  # `--model_name_or_path null` on the command line, as in YAML
+        if self.model_name_or_path in bundled_names("config"):  # a shipped config has no weights: build from it
+            self.model_name_or_path, self.config_name = None, self.config_name or self.model_name_or_path
         if self.model_name_or_path is None and self.config_name is None:
             raise ConfigError("Set `model_name_or_path` (a checkpoint) or `config_name` (a config to build from).")
+        check_bundled(self.model_name_or_path, "config", "model_name_or_path")
+        check_bundled(self.config_name, "config", "config_name")
+        check_bundled(self.image_processor_name, "processor", "image_processor_name")
 
 
 TUNINGS = ("full", "linear_probe")
@@ -131,24 +145,20 @@ class StrategyArguments:
     )
     frozen_stages: int = field(
         default=-1,
-        metadata={"help": "Freeze the stem and the first K stages (mmdetection's convention): -1 freezes nothing, "
-                          "0 the stem, 2 the stem and stages 1-2, 4 the whole backbone."},
+        metadata={"help": "Freeze the stem and stages 1..K (mmdetection's): -1 nothing, 0 the stem, 4 all."},
     )
     trainable: list[str] = field(
         default_factory=list,
-        metadata={"help": "Train only the parameters these selectors name; everything else is frozen (e.g. "
-                          "`[conv1, fc]`, the report's recipe). Empty: `tuning` and `frozen_stages` decide."},
+        metadata={"help": "Train only what these selectors name (e.g. `[conv1, fc]`); freeze the rest."},
     )
     unfreeze_epochs: list[float] = field(
         default_factory=list,
         metadata={"help": "Gradual unfreezing: the epoch at which each frozen component starts to train, deepest "
-                          "first (stage4, stage3, stage2, stage1, stem). `[2, 4]` with `tuning: linear_probe` trains "
-                          "the head alone for 2 epochs, then stage 4 too, then from epoch 4 stage 3 too."},
+                          "first (stage4, stage3, ..., stem); `[2, 4]`: stage 4 at epoch 2, stage 3 at 4."},
     )
     frozen_batchnorm: str = field(
         default="eval",
-        metadata={"help": "BatchNorm of frozen parts: `eval` keeps its running statistics unmoved; `train` lets them "
-                          "adapt to the new data, as a plain `model.train()` does (the report's code)."},
+        metadata={"help": "Frozen BatchNorm: `eval` keeps its statistics; `train` lets them adapt (model.train())."},
     )
     # Learning rates ---------------------------------------------------------------------------------------------
     head_learning_rate: float | None = field(
@@ -157,14 +167,12 @@ class StrategyArguments:
     )
     layer_decay: float | None = field(
         default=None,
-        metadata={"help": "Layer-wise rate decay: stage 4 learns at learning_rate x d, stage 3 at x d^2, ... the "
-                          "stem at x d^5; the head keeps its rate. Unset: every backbone part at `learning_rate`."},
+        metadata={"help": "Layer-wise rate decay d: stage 4 at learning_rate x d, stage 3 x d^2, ... stem x d^5."},
     )
     param_groups: list[str] = field(
         default_factory=list,
-        metadata={"help": "Optimizer groups by selector, first match wins, each with its own `lr` and/or "
-                          "`weight_decay`: YAML `[{params: conv1, lr: 0.001}, {params: fc, lr: 0.01}]`, or "
-                          "`'conv1: lr=0.001'` on the command line. Others follow the rules above."},
+        metadata={"help": "Optimizer groups by selector, first match wins, with their own `lr` and/or "
+                          "`weight_decay`: `[{params: conv1, lr: 0.001}]`, or `'conv1: lr=0.001'`."},
     )
     # Optimizer and schedule -------------------------------------------------------------------------------------
     sgd_momentum: float = field(
@@ -174,38 +182,35 @@ class StrategyArguments:
     sgd_nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum for `optim: sgd`."})
     lr_milestones: list[float] = field(
         default_factory=list,
-        metadata={"help": "Multi-step decay: multiply the rate by `lr_gamma` at each of these epochs (e.g. [5] or "
-                          "[30, 60, 80]). Needs `lr_scheduler_type: constant` or `constant_with_warmup`."},
+        metadata={"help": "Multiply the rate by `lr_gamma` at each of these epochs, e.g. [5] (needs "
+                          "`lr_scheduler_type: constant` or `constant_with_warmup`)."},
     )
     lr_step_size: float | None = field(
         default=None,
-        metadata={"help": "Step decay: multiply the rate by `lr_gamma` every this many epochs (torch's StepLR). "
-                          "Needs `lr_scheduler_type: constant` or `constant_with_warmup`."},
+        metadata={"help": "Multiply the rate by `lr_gamma` every this many epochs (torch's StepLR, in epochs)."},
     )
     lr_gamma: float = field(default=0.1, metadata={"help": "Factor applied at each step of the decay."})
     # Loss and sampling ------------------------------------------------------------------------------------------
     class_weights: list[str] | None = field(
         default=None,
-        metadata={"help": "Weight the loss per class: `auto` (inverse frequency, N / (classes x count), from the "
-                          "train split's label counts) or one number per class. Unset: every class weighs 1."},
+        metadata={"help": "Loss weight per class: `auto` (N / (classes x count), from the train labels) or one "
+                          "number per class."},
     )
     class_count_sample: int = field(
         default=10_000,
-        metadata={"help": "A stream whose per-class counts are not known (not a local folder) is counted on its "
-                          "first this many examples (labels only, no image decoded)."},
+        metadata={"help": "A stream of unknown per-class counts is counted on this many first examples."},
     )
     balanced_sampler: bool = field(
         default=False,
-        metadata={"help": "Draw training images with probability 1 / (their class's count), with replacement, so "
-                          "each class is seen equally often (map-style data)."},
+        metadata={"help": "Draw each class equally often (with replacement; map-style data)."},
     )
     mixup_alpha: float = field(
         default=0.0, metadata={"help": "Mixup: blend pairs of images and their labels, Beta(alpha, alpha). 0: off."}
     )
     cutmix_alpha: float = field(
         default=0.0,
-        metadata={"help": "CutMix: paste a box of one image into another, labels by area. 0: off. With mixup too, "
-                          "each batch uses one of them, at random."},
+        metadata={"help": "CutMix: paste a box of one image into another, labels by area. 0: off. With mixup: "
+                          "one of them per batch."},
     )
     # Head and weights -------------------------------------------------------------------------------------------
     head_dropout: float = field(
@@ -213,19 +218,16 @@ class StrategyArguments:
     )
     ema_decay: float | None = field(
         default=None,
-        metadata={"help": "Keep an exponential moving average of the weights (e.g. 0.999): evaluated, and saved as "
-                          "the model, instead of the last weights. Unset: off."},
+        metadata={"help": "EMA of the weights (e.g. 0.999), evaluated and saved as the model. Unset: off."},
     )
     ema_warmup: bool = field(
         default=True,
-        metadata={"help": "Use min(ema_decay, (1 + n) / (10 + n)) at update n, so a short run's average is not "
-                          "dominated by the starting weights."},
+        metadata={"help": "Decay min(ema_decay, (1 + n) / (10 + n)) at step n: less pull to the start."},
     )
     # Stopping ---------------------------------------------------------------------------------------------------
     early_stopping_patience: int | None = field(
         default=None,
-        metadata={"help": "Stop after this many evaluations without improving `metric_for_best_model` (needs "
-                          "`load_best_model_at_end: true`). Unset: off."},
+        metadata={"help": "Stop after this many evaluations without a better `metric_for_best_model`."},
     )
     early_stopping_threshold: float = field(
         default=0.0, metadata={"help": "Smallest change of the metric that counts as an improvement."}
@@ -409,6 +411,7 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        check_bundled(self.dataset_name, "dataset", "dataset_name")
         hub = self.dataset_name is not None and not self.dataset_name.startswith(BUNDLED_PREFIX)
         if (hub or self.dataset_name == "bundled:digits") and (self.train_dir or self.validation_dir):
             raise ConfigError(
@@ -484,6 +487,18 @@ class FinetuneTrainingArguments(TrainingArguments):
         if self.on_nonfinite_loss not in ("stop", "skip"):
             raise ConfigError(f"`on_nonfinite_loss` must be 'stop' or 'skip', got {self.on_nonfinite_loss!r}.")
         super().__post_init__()
+
+    def cap_dataloader_workers(self) -> str | None:
+        """At most the CPU cores this process may use (shared among the processes on this machine): more workers
+        only slow a run down (torch warns once per loader). Returns what was changed, to log."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        most = max(1, cores // local_processes)
+        if self.dataloader_num_workers <= most:
+            return None
+        asked, self.dataloader_num_workers = self.dataloader_num_workers, most
+        return (f"dataloader_num_workers {asked} -> {most}: this machine gives {cores} CPU core(s) to "
+                f"{local_processes} process(es)")
 
     def _check_precision(self) -> None:
         """fp16/bf16 that this machine cannot run: one message with the fix, not the Trainer's traceback."""

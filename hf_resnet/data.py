@@ -18,11 +18,11 @@ from datasets import ClassLabel, Dataset, IterableDataset, load_dataset
 from datasets import Image as ImageFeature
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-from .bundled import digits_image_folder, is_bundled
+from .bundled import digits_image_folder
 from .configs import DataArguments
 from .constants import VALIDATION_SPLITS
 from .errors import ConfigError, DataError
-from .folders import check_folder, glob_pattern
+from .folders import folder_dataset, read_folder
 
 logger = logging.getLogger(__name__)
 
@@ -48,51 +48,45 @@ class ImageData:
 
 
 def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
-    """-> (dict split -> dataset, split sizes known up front)."""
+    """-> (dict split -> dataset, split sizes known up front, notes to log)."""
     train_dir, validation_dir = args.train_dir, args.validation_dir
-    if is_bundled(args.dataset_name):
-        if args.dataset_name != "bundled:digits":
-            raise DataError(f"Unknown bundled dataset {args.dataset_name!r}; the package ships `bundled:digits`.")
+    if args.dataset_name == "bundled:digits":
         root = digits_image_folder()
         train_dir, validation_dir = str(root / "train"), str(root / "validation")
-    if args.dataset_name and not is_bundled(args.dataset_name):
-        try:
-            raw = load_dataset(
-                args.dataset_name, args.dataset_config_name, token=token, cache_dir=cache_dir, streaming=args.streaming
-            )
-        except (datasets.exceptions.DatasetNotFoundError, ConnectionError, FileNotFoundError, OSError) as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise DataError(
-                f"Dataset {args.dataset_name!r} could not be loaded ({type(err).__name__}: {first}). Check the id and "
-                "the network (or HF_DATASETS_OFFLINE=1 with a cached copy); for gated datasets (ILSVRC/imagenet-1k) "
-                "accept the terms on its Hub page, then pass `token` or run `hf auth login`."
-            ) from err
-        sizes = {}
-        for name, split in raw.items():
-            info = split.info.splits.get(name) if split.info.splits else None
-            sizes[name] = info.num_examples if info is not None and info.num_examples else None
-        return dict(raw), sizes
-    files, sizes = {}, {}
-    for split, folder, name in (("train", train_dir, "train_dir"), ("validation", validation_dir, "validation_dir")):
-        if folder:
-            sizes[split] = len(check_folder(folder, name))
-            files[split] = glob_pattern(folder)
-    # drop_labels=False: labels from the class sub-folders even when there is only one (checked above)
-    raw = (
-        load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir, drop_labels=False)
-        if files
-        else {}
-    )
+    elif args.dataset_name:
+        return (*_load_hub(args, token, cache_dir), [])
+    named = (("train", train_dir, "train_dir"), ("validation", validation_dir, "validation_dir"))
+    splits = {split: read_folder(folder, name) for split, folder, name in named if folder}
+    classes = sorted(set().union(*(s.classes for s in splits.values())))
+    raw = {split: folder_dataset(s, classes, args.streaming) for split, s in splits.items()}
+    return raw, {split: len(s.files) for split, s in splits.items()}, [n for s in splits.values() for n in s.notes]
+
+
+def _load_hub(args: DataArguments, token: str | None, cache_dir: str | None):
+    """A Hub (or local `datasets`-loadable) dataset -> (dict split -> dataset, split sizes from its info)."""
+    try:
+        raw = load_dataset(
+            args.dataset_name, args.dataset_config_name, token=token, cache_dir=cache_dir, streaming=args.streaming
+        )
+    except (datasets.exceptions.DatasetNotFoundError, ConnectionError, FileNotFoundError, OSError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(
+            f"Dataset {args.dataset_name!r} could not be loaded ({type(err).__name__}: {first}). Check the id and "
+            "the network (or HF_HUB_OFFLINE=1 with a cached copy); for gated datasets (ILSVRC/imagenet-1k) "
+            "accept the terms on its Hub page, then pass `token` or run `hf auth login`."
+        ) from err
+    sizes = {}
+    for name, split in raw.items():
+        info = split.info.splits.get(name) if split.info.splits else None
+        sizes[name] = info.num_examples if info is not None and info.num_examples else None
     return dict(raw), sizes
 
 
-def _load_test_dir(args: DataArguments, cache_dir: str | None):
-    images = check_folder(args.test_dir, "test_dir", labeled=False)
-    files = {"test": glob_pattern(args.test_dir)}
-    in_class_folders = all(len(p.relative_to(args.test_dir).parts) == 2 for p in images)
-    test = load_dataset("imagefolder", data_files=files, streaming=args.streaming, cache_dir=cache_dir,
-                        drop_labels=not in_class_folders)["test"]  # one class folder is still a label
-    return test, len(images)
+def _load_test_dir(args: DataArguments):
+    """-> (test dataset, its size, notes); labeled when every image is in a class folder."""
+    split = read_folder(args.test_dir, "test_dir", labeled=False)
+    test = folder_dataset(split, split.classes if split.labeled else None, args.streaming)
+    return test, len(split.files), split.notes
 
 
 def _test_dir_labels(test, label_column: str, labels: list[str]) -> tuple[list[int] | None, str | None]:
@@ -214,13 +208,14 @@ def load_image_data(
     Splitting a stream per process is left to accelerate when the Trainer builds its DataLoader (by shard when
     there are enough shards, else by batch), and per DataLoader worker to `datasets` (by shard).
     """
-    raw, sizes = _load_raw(args, token, cache_dir)
+    raw, sizes, notes = _load_raw(args, token, cache_dir)
     train = raw.get("train")
     validation = next((raw[s] for s in VALIDATION_SPLITS if s in raw), None)
     with_test = bool(args.test_dir) if with_test is None else with_test
     test = None
     if args.test_dir:
-        test, sizes["test"] = _load_test_dir(args, cache_dir)
+        test, sizes["test"], test_notes = _load_test_dir(args)
+        notes += test_notes
     elif with_test:
         test = raw.get("test")  # a Hub dataset's own test split (ImageNet's has labels -1: predicted)
     reference = train if train is not None else validation
@@ -232,7 +227,6 @@ def load_image_data(
     if features is None:
         raise DataError("The streamed dataset does not declare its features; use `streaming: false` for it.")
     image_column, label_column, labels = _resolve_columns(features, args)
-    notes = []
     if train is not None and validation is None:
         train, validation = _split_validation(train, args, image_column, label_column, seed)
         notes.append(f"no validation split: held out {args.train_val_split:.0%} of train (seed {seed})")

@@ -15,29 +15,64 @@ import os
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+from transformers.utils import logging as transformers_logging
 
-from .bundled import resolve_asset
+from .bundled import bundled_names, resolve_asset
 from .configs import ModelArguments
 from .errors import ModelLoadError
+from .hub import is_offline
 
 logger = logging.getLogger(__name__)
 
+HEAD_PREFIXES = ("classifier", "head", "fc")
 SMOKE_COMMAND = "hf-resnet train --config smoke/digits_smoke"
+FOLDER_COMMAND = "hf-resnet train --config smoke/imagefolder_smoke --train_dir my/train [--validation_dir my/val]"
+
+
+def is_head(name: str) -> bool:
+    """Whether the parameter or module `name` (as in `named_parameters`) belongs to the classifier head."""
+    return name.split(".", 1)[0] in HEAD_PREFIXES
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
 def _hub_error(name: str, err: Exception) -> ModelLoadError:
+    offline = "" if is_offline() else (
+        " If this machine has no network, set HF_HUB_OFFLINE=1: the check then takes no time."
+    )
     return ModelLoadError(
         f"Could not load {name!r}: it is not a local folder and the Hub could not be reached or has no cached copy "
-        f"({type(err).__name__}: {str(err).splitlines()[0]}).\nTwo ways on:\n"
+        f"({_first_line(err)}).{offline}\nWays on:\n"
         f"  1. point `model_name_or_path` at a local checkpoint folder (config.json + model.safetensors, e.g. one "
         f"saved with `save_pretrained` or downloaded with `hf download {name}` on a machine with network);\n"
-        f"  2. run the offline smoke recipe, which builds a small ResNet from a config in the package:\n"
-        f"     {SMOKE_COMMAND}"
+        f"  2. train a small ResNet from a config shipped in the package on your own image folder, offline:\n"
+        f"     {FOLDER_COMMAND}\n"
+        f"  3. or the offline smoke run on the bundled digits: {SMOKE_COMMAND}\n"
+        f"Shipped with the package: model configs {', '.join(bundled_names('config'))} (no weights: a model built "
+        f"from one starts random); image processors {', '.join(bundled_names('processor'))}; datasets "
+        f"{', '.join(bundled_names('dataset'))}."
     )
 
 
+def _load_error(name: str, what: str, err: Exception) -> ModelLoadError:
+    """A name that is a local folder gets its own message; anything else could not be had from the Hub."""
+    if "custom code" in str(err):
+        return ModelLoadError(
+            f"{name!r} needs its own Python code to load (its config's auto_map), and hf-resnet never runs a "
+            "checkpoint's code (trust_remote_code stays off). Use a checkpoint of a model type transformers "
+            "ships, such as resnet."
+        )
+    if os.path.isdir(name):
+        return ModelLoadError(f"{name!r} is a folder but holds no readable {what} ({_first_line(err)}).")
+    return _hub_error(name, err)
+
+
 def _hub_kwargs(args: ModelArguments) -> dict:
-    return {"revision": args.model_revision, "cache_dir": args.cache_dir, "token": args.token}
+    # trust_remote_code is never set: a checkpoint that needs its own Python code is refused, not run.
+    return {"revision": args.model_revision, "cache_dir": args.cache_dir, "token": args.token,
+            "trust_remote_code": False}
 
 
 def load_config(args: ModelArguments):
@@ -45,10 +80,8 @@ def load_config(args: ModelArguments):
     name = args.model_name_or_path or resolve_asset(args.config_name)
     try:
         return AutoConfig.from_pretrained(name, **_hub_kwargs(args))
-    except OSError as err:
-        if os.path.isdir(name):
-            raise ModelLoadError(f"{name!r} is a folder but holds no readable config.json ({err}).") from err
-        raise _hub_error(name, err) from err
+    except (OSError, ValueError, KeyError) as err:  # unreachable, no config.json, unknown model_type, remote code
+        raise _load_error(name, "model config (config.json with a known model_type)", err) from err
 
 
 def load_image_processor(args: ModelArguments):
@@ -60,8 +93,8 @@ def load_image_processor(args: ModelArguments):
     name = resolve_asset(name)
     try:
         return AutoImageProcessor.from_pretrained(name, **_hub_kwargs(args))
-    except OSError as err:
-        raise _hub_error(name, err) from err
+    except (OSError, ValueError, KeyError) as err:
+        raise _load_error(name, "image processor (preprocessor_config.json)", err) from err
 
 
 def _normalise(name: str) -> str:
@@ -103,8 +136,7 @@ def checkpoint_rows(config, labels: list[str]) -> list[int] | None:
 
 def _head_from_rows(model, rows: list[int], labels: list[str]) -> None:
     """Replace the classifier's last linear layer by one with only `rows` (weights and biases copied)."""
-    name, linear = [(n, m) for n, m in model.named_modules() if n.startswith("classifier") and
-                    isinstance(m, nn.Linear)][-1]
+    name, linear = [(n, m) for n, m in model.named_modules() if n and is_head(n) and isinstance(m, nn.Linear)][-1]
     head = nn.Linear(linear.in_features, len(rows), bias=linear.bias is not None)
     with torch.no_grad():
         head.weight.copy_(linear.weight[rows])
@@ -112,9 +144,8 @@ def _head_from_rows(model, rows: list[int], labels: list[str]) -> None:
             head.bias.copy_(linear.bias[rows])
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, head)
-    model.config.num_labels = model.num_labels = len(labels)
-    model.config.id2label = dict(enumerate(labels))
-    model.config.label2id = {label: i for i, label in enumerate(labels)}
+    _set_labels(model.config, labels)
+    model.num_labels = len(labels)
 
 
 def build_model(args: ModelArguments, labels: list[str], config, label_map: list[int] | None):
@@ -125,33 +156,84 @@ def build_model(args: ModelArguments, labels: list[str], config, label_map: list
     (`head_from_checkpoint_rows`); a model built from `config_name` always starts random with a head of
     len(labels).
     """
-    id2label = dict(enumerate(labels))
-    label2id = {name: i for i, name in id2label.items()}
     if args.model_name_or_path is None:
-        config.num_labels = len(labels)
-        config.id2label, config.label2id = id2label, label2id
+        _set_labels(config, labels)
         logger.info("Building a randomly initialised %s from %s", config.model_type, args.config_name)
         return AutoModelForImageClassification.from_config(config)
     if label_map is not None:
         logger.info("Dataset classes are the checkpoint's %d classes: keeping the pretrained head.", len(labels))
-        return AutoModelForImageClassification.from_pretrained(
-            args.model_name_or_path, config=config, **_hub_kwargs(args)
-        )
+        return _from_pretrained(args, config)
     rows = checkpoint_rows(config, labels) if args.head_from_checkpoint_rows else None
     if rows is not None:
-        model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path, config=config,
-                                                                **_hub_kwargs(args))
+        model = _from_pretrained(args, config)  # with its own head, cut down to the data's classes below
         _head_from_rows(model, rows, labels)
-        logger.info("New %d-class head from rows %s of the pretrained classifier", len(labels), rows[:10])
+        logger.info("New %d-class head for %s from rows %s of the pretrained classifier.", len(labels),
+                    _short(labels), _short(rows))
         return model
-    return AutoModelForImageClassification.from_pretrained(
-        args.model_name_or_path,
-        num_labels=len(labels),
-        id2label=id2label,
-        label2id=label2id,
-        ignore_mismatched_sizes=True,  # a new head of len(labels) outputs
-        **_hub_kwargs(args),
-    )
+    pretrained = config.num_labels
+    _set_labels(config, labels)
+    model = _from_pretrained(args, config, new_head=True)
+    logger.info("New %d-class head for %s; the pretrained head had %d classes. The backbone keeps its weights.",
+                len(labels), _short(labels), pretrained)
+    return model
+
+
+def _short(labels: list[str], limit: int = 5) -> str:
+    return ", ".join(map(str, labels[:limit])) + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
+
+
+def _set_labels(config, labels: list[str]) -> None:
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {name: i for i, name in enumerate(labels)}
+
+
+def _from_pretrained(args: ModelArguments, config, new_head: bool = False):
+    """Load the weights, safetensors only unless `allow_pickle_weights`; transformers' own load report is kept
+    quiet and anything it would have reported beyond the replaced head is logged in our words."""
+    name = args.model_name_or_path
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # the report's MISMATCH table for a head we replace on purpose
+    try:
+        model, info = AutoModelForImageClassification.from_pretrained(
+            name, config=config, ignore_mismatched_sizes=new_head, output_loading_info=True,
+            use_safetensors=None if args.allow_pickle_weights else True, **_hub_kwargs(args),
+        )
+    except (OSError, ValueError) as err:
+        if not args.allow_pickle_weights and _has_pickle_weights(name):
+            raise ModelLoadError(
+                f"{name!r} has its weights only in pickle format (pytorch_model.bin), which can run code when "
+                "loaded; hf-resnet loads safetensors only. If you trust this checkpoint, pass "
+                "`--allow_pickle_weights true`, or convert it to safetensors."
+            ) from err
+        raise _load_error(name, "model weights (model.safetensors)", err) from err
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    if args.allow_pickle_weights and _has_pickle_weights(name) and not _has_safetensors(name):
+        logger.warning("Loaded pickle weights from %s (allow_pickle_weights): only do so for checkpoints you trust.",
+                       name)
+    findings = {
+        "with another shape": [key for key, *_ in info.get("mismatched_keys", ())],
+        "missing from the checkpoint (left random)": info.get("missing_keys", ()),
+        "in the checkpoint but unused": info.get("unexpected_keys", ()),
+    }
+    for kind, keys in findings.items():
+        keys = sorted(k for k in keys if not (new_head and is_head(k)))  # the head we replace is expected
+        if keys:
+            logger.warning("%d weight(s) of %s %s: %s", len(keys), name, kind, _short(keys))
+    return model
+
+
+def _local_files(name: str) -> list[str]:
+    return os.listdir(name) if os.path.isdir(name) else []
+
+
+def _has_pickle_weights(name: str) -> bool:
+    return any(f.endswith(".bin") and f.startswith("pytorch_model") for f in _local_files(name))
+
+
+def _has_safetensors(name: str) -> bool:
+    return any(f.endswith(".safetensors") for f in _local_files(name))
 
 
 def head_label_map(args: ModelArguments, config, labels: list[str]) -> list[int] | None:

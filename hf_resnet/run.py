@@ -5,8 +5,8 @@ evaluate -> reports -> card -> push.
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/finetune.py \\
         --config resnet50/imagefolder_full --train_dir data/train --validation_dir data/val
 
-`main(model_args, data_args, strategy_args, training_args)` is the whole run; `cli()` parses the command line
-and turns the user's errors into one line and exit code 2. Each step below is a function of its own.
+`main(model_args, data_args, strategy_args, training_args)` is the whole run (`cli.train` parses the command
+line and turns the user's errors into one line and exit code 2). Each step below is a function of its own.
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ import datasets
 import transformers
 from transformers.trainer_utils import set_seed
 
-from .callbacks import SkippedImagesCallback
-from .checkpoints import resume_checkpoint
+from .callbacks import FileModesCallback, SkippedImagesCallback
+from .checkpoints import fix_file_modes, resume_checkpoint
 from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments, StrategyArguments
 from .constants import TEST_SPLIT
 from .data import ImageData, load_image_data, plan_streamed_steps
-from .errors import HfResnetError
+from .hub import settle_offline_mode
 from .inputs import build_split_inputs, file_names
 from .modeling import build_model, head_label_map, load_config, load_image_processor
-from .parser import parse_args
 from .preflight import check_run
 from .reports.model_card import CardInfo
 from .reports.predictions import write_predictions
@@ -45,6 +44,7 @@ def setup_logging(training_args: FinetuneTrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
     logging.getLogger("hf_resnet").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    logging.getLogger("huggingface_hub").propagate = False  # it prints through its own handler: once is enough
     level = training_args.get_process_log_level()
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
@@ -100,9 +100,13 @@ def evaluate(trainer: ImageClassificationTrainer, dataset, prefix: str) -> dict:
 
 def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
          training_args: FinetuneTrainingArguments) -> dict:
-    # Logging and seed --------------------------------------------------------------------------------------------
+    # Logging, seed, workers, and whether the Hub answers -----------------------------------------------------------
     setup_logging(training_args)
     set_seed(training_args.seed)
+    if note := training_args.cap_dataloader_workers():
+        logger.info(note)
+    settle_offline_mode([model_args.model_name_or_path, model_args.config_name, model_args.image_processor_name,
+                         data_args.dataset_name])
     strategy_args.check_with(training_args)  # strategy x Trainer settings, before any data is read
 
     # Config and processor first: an unreachable Hub fails here, before any data is read ---------------------------
@@ -136,7 +140,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
         eval_dataset=eval_set if training_args.do_eval else None, processing_class=processor,
         card_info=card, strategy=strategy,
         describe_examples=functools.partial(file_names, train_set),
-        callbacks=[SkippedImagesCallback(training_args.output_dir, data.sizes, data_args.max_skipped_share)],
+        callbacks=[SkippedImagesCallback(training_args.output_dir, data.sizes, data_args.max_skipped_share),
+                   FileModesCallback()],
     )
 
     # Train, evaluate, test ----------------------------------------------------------------------------------------
@@ -165,15 +170,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     # Card and push (an evaluation-only run made no model) ----------------------------------------------------------
     if main_process and training_args.do_train:
         trainer.create_model_card()
+    if main_process:
+        fix_file_modes(training_args.output_dir)
     if training_args.push_to_hub and training_args.do_train:
         trainer.push_to_hub(commit_message="hf-resnet: fine-tuned model, processor, metrics and card")
     return metrics
-
-
-def cli(argv: list[str] | None = None) -> None:
-    """Run from the command line: a user's error ends with its message and exit code 2, not a traceback."""
-    try:
-        main(*parse_args(argv))
-    except HfResnetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)

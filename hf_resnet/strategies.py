@@ -36,10 +36,10 @@ from .balance import BalancedSampler, inverse_frequency, label_counts, read_labe
 from .configs import SELECTOR_HELP, StrategyArguments
 from .errors import ConfigError
 from .losses import TrainingLoss
+from .modeling import HEAD_PREFIXES, is_head
 
 logger = logging.getLogger(__name__)
 
-HEAD_PREFIXES = ("classifier", "head", "fc")
 COMPONENTS = ("stem", "stage1", "stage2", "stage3", "stage4", "head")  # input to output
 _PREFIXES = {"stem": "resnet.embedder.", **{f"stage{i + 1}": f"resnet.encoder.stages.{i}." for i in range(4)}}
 _TORCHVISION = {
@@ -52,11 +52,6 @@ UNFREEZE_ORDER = ("head", "stage4", "stage3", "stage2", "stage1", "stem", "backb
 DEPTH = {name: depth for depth, name in enumerate(UNFREEZE_ORDER)} | {"backbone": 5}  # layer decay exponent
 _EVAL_HOOK = "_hf_resnet_eval_hook"  # attribute holding the hook handle of a BatchNorm held in eval mode
 _DROPOUT_HOOK = "_hf_resnet_dropout_hook"
-
-
-def is_head(name: str) -> bool:
-    """Whether the parameter or module `name` (as in `named_parameters`) belongs to the classifier head."""
-    return name.split(".", 1)[0] in HEAD_PREFIXES
 
 
 def component_of(name: str) -> str:

@@ -5,10 +5,12 @@
         --config resnet50/imagefolder_full --train_dir data/train --validation_dir data/val
 
 The same run is `hf-resnet train --config ...` once the package is installed. `--config` takes a YAML path or
-the name of a recipe shipped in `hf_resnet/recipes/`; `--field value` overrides any field.
+the name of a recipe shipped in `hf_resnet/recipes/`; `--field value` overrides any field; `--help` lists them.
 """
 
-from hf_resnet.run import cli
+import sys
+
+from hf_resnet.cli import train
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(train())

@@ -136,17 +136,21 @@ def test_cli_exit_codes_and_json(problem_folder, tmp_path):
     assert "does not exist" in results["missing"][2] and len(results["missing"][2].strip().splitlines()) == 1
 
 
-def test_cli_default_json_location(tmp_path, monkeypatch, capsys):
-    """DATA/audit.json by default; ./audit.json (and a note saying so) when DATA is read-only."""
+def test_cli_json_goes_to_the_current_folder_never_into_the_data(tmp_path, monkeypatch, capsys):
     data = make_image_folder(tmp_path / "data", 2, seed=0)
-    assert main(["audit", str(data)]) == 0
-    assert json.loads((data / "audit.json").read_text())["ok"] is True
-    (data / "audit.json").unlink()
+    data.chmod(0o555)  # a read-only dataset audits fine: nothing is written into it
     monkeypatch.chdir(tmp_path)
-    data.chmod(0o555)
     try:
         assert main(["audit", str(data)]) == 0
+        assert json.loads((tmp_path / "audit.json").read_text())["ok"] is True
+        assert sorted(p.name for p in data.rglob("*.json")) == []
+        monkeypatch.chdir(data)  # from inside the data, the default would be inside it: refused, nothing written
+        assert main(["audit", str(data)]) == 2
+        assert "never writes into the data" in capsys.readouterr().err
     finally:
         data.chmod(0o755)
-    assert (tmp_path / "audit.json").exists() and not (data / "audit.json").exists()
-    assert "not writable" in capsys.readouterr().err
+    assert main(["audit", str(data), "--json", str(tmp_path / "missing" / "a.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "missing").exists()
+    assert main(["audit", str(data), "--json", "-"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["ok"] is True and "OK: no problems" in out.err

@@ -58,3 +58,20 @@ def test_partial_checkpoint_is_set_aside(tmp_path):
     (good / "trainer_state.json").write_text('{"global_st')  # cut short
     assert last_complete_checkpoint(tmp_path) is None
 
+
+
+@pytest.mark.slow
+def test_every_file_a_run_writes_is_readable_as_the_umask_says(tmp_path, colour_folders):
+    """safetensors writes weights 0600; the run leaves them, and every checkpoint file, at the usual mode."""
+    import os
+
+    out = tmp_path / "out"
+    previous = os.umask(0o022)  # the usual umask, whatever this shell has
+    try:
+        finetune(recipe_args(out, colour_folders, num_train_epochs="1", save_strategy="epoch"))
+    finally:
+        os.umask(previous)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert out / "model.safetensors" in files and any(p.parent.name.startswith("checkpoint-") for p in files)
+    modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes

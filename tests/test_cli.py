@@ -1,14 +1,15 @@
 """The `hf-resnet` command: its sub-commands, and a non-editable install that trains from a shipped recipe."""
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
 
 import pytest
-from conftest import REPO
+from conftest import REPO, recipe_args
 
-from hf_resnet.cli import build_parser
+from hf_resnet.cli import build_parser, main
 
 
 def test_commands_are_listed():
@@ -43,3 +44,75 @@ def test_an_installed_wheel_trains_from_a_shipped_recipe(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "all_results.json"):
         assert (out / name).is_file(), name
+
+
+# Misconfiguration: every bad name, path or value ends with exit 2 and a message, never a traceback -------------
+
+
+@pytest.fixture
+def base_args(tmp_path, colour_folders):
+    return recipe_args(tmp_path / "out", colour_folders, num_train_epochs="1")
+
+
+def bad_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("learning_rate: [0.1\n")
+    return str(path)
+
+
+BAD_VALUES = [
+    (["--config_name", "bundled:resnet-50"], "is not shipped with the package; a model config shipped"),
+    (["--config_name", "bundled:resnet-50-processor"], "is an image processor, not a model config"),
+    (["--image_processor_name", "bundled:digits"], "is a dataset, not an image processor"),
+    (["--dataset_name", "bundled:imagenet"], "is not shipped with the package; a dataset shipped"),
+    (["--model_name_or_path", "{tmp}/empty"], "is a folder but holds no readable model config"),
+    (["--model_name_or_path", "someone/not-on-this-machine", "--config_name", "null"], "Ways on:"),
+    (["--train_dir", "{tmp}/nowhere"], "`train_dir` '.*nowhere' is not a folder"),
+    (["--learning_rate", "abc"], "--learning_rate.*invalid float value: 'abc'"),
+    (["--eval_strategy", "sometimes"], "sometimes"),
+    (["--do_train", "maybe"], "--do_train"),
+    (["--max_steps", "null"], "`--max_steps` cannot be null"),
+    (["--learning_rat", "0.1"], "Did you mean --learning_rate"),
+    (["--tuning", "bogus"], "`tuning` must be one of"),
+    (["--random_resized_crop_scale", "0.5", "2"], "random_resized_crop_scale"),
+    (["--fp16", "true"], "fp16: false"),
+    (["--per_device_train_batch_size", "1000"], "fewer than one batch"),
+    (["--output_dir", "{tmp}/a-file/out"], "is not writable"),
+    (["--config", "{tmp}/missing.yaml"], "neither a YAML file nor a shipped recipe"),
+    (["--config", "{bad_yaml}"], "is not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_VALUES, ids=[" ".join(e) for e, _ in BAD_VALUES])
+def test_bad_values_exit_2_with_a_message_and_no_traceback(tmp_path, base_args, capsys, extra, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    extra = [e.format(tmp=tmp_path, bad_yaml=bad_yaml(tmp_path)) for e in extra]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *base_args, *extra])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    assert re.search(message, err), err
+    assert len(err.strip().splitlines()) == 1 or "Ways on:" in err  # the Hub error lists its ways on, one a line
+
+
+def test_help_is_a_short_summary_that_starts_with_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert out.startswith("usage: hf-resnet train --config RECIPE") and "examples:" in out
+    assert "--config RECIPE" in out and "smoke/digits_smoke" in out and "--train_dir" in out
+    assert "--learning_rate" in out and "--adam_beta1" not in out and "--help-all" in out
+    assert len(out.splitlines()) < 200
+    with pytest.raises(SystemExit):
+        main(["train", "--help-all"])
+    assert "--adam_beta1" in capsys.readouterr().out
+
+
+def test_help_answers_without_importing_the_training_code():
+    code = "import sys; from hf_resnet.cli import main\ntry: main(['train', '--help'])\nexcept SystemExit: pass\n" \
+           "print('hf_resnet.run' in sys.modules, 'datasets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"

@@ -10,10 +10,12 @@ PACKAGE = Path(hf_resnet.__file__).parent
 # Bottom to top; a module may import from any earlier layer, never from its own or a later one.
 LAYERS = [
     ["constants", "errors"],
-    ["configs", "bundled", "folders", "images"],
-    ["parser", "data", "transforms", "skips", "losses", "ema", "optim"],
-    ["inputs", "modeling", "metrics", "checkpoints", "preflight", "balance"],
-    ["strategies", "reports.model_card", "reports.predictions", "reports.audit", "callbacks"],
+    ["bundled", "folders", "images", "hub"],
+    ["configs"],
+    ["parser", "data", "transforms", "skips", "metrics", "checkpoints", "losses", "ema", "optim"],
+    ["inputs", "modeling", "preflight", "balance"],
+    ["strategies", "reports.model_card", "reports.predictions", "reports.audit"],
+    ["callbacks"],
     ["trainer"],
     ["run"],
     ["cli"],

@@ -63,6 +63,60 @@ def test_pretrained_label_map_needs_the_same_names():
 
 
 
+def test_a_replaced_head_is_said_in_our_words_and_the_library_stays_quiet(tmp_path, caplog, capfd):
+    ckpt = save_checkpoint(tmp_path / "ckpt", [f"c{i}" for i in range(10)])
+    with caplog.at_level("INFO", logger="hf_resnet"):
+        model, label_map = build(ModelArguments(model_name_or_path=str(ckpt)), ["ant", "bee"])
+    assert label_map is None and model.config.num_labels == 2
+    assert "New 2-class head for ant, bee; the pretrained head had 10 classes" in caplog.text
+    printed = capfd.readouterr()
+    for alarming in ("LOAD REPORT", "MISMATCH", "incompatible"):
+        assert alarming not in printed.out + printed.err + caplog.text
+
+
+def test_pickle_weights_need_an_explicit_opt_in(tmp_path, caplog):
+    from transformers import ResNetForImageClassification
+
+    ckpt = save_checkpoint(tmp_path / "ckpt", ["ant", "bee"])
+    model = ResNetForImageClassification.from_pretrained(ckpt)
+    pickled = tmp_path / "pickled"  # a checkpoint as older tools saved it: pytorch_model.bin, no safetensors
+    pickled.mkdir()
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    for name in ("config.json", "preprocessor_config.json"):
+        (pickled / name).write_text((ckpt / name).read_text())
+    with pytest.raises(ModelLoadError, match="only in pickle format.*--allow_pickle_weights true"):
+        build(ModelArguments(model_name_or_path=str(tmp_path / "pickled")), ["ant", "bee"])
+    with caplog.at_level("WARNING", logger="hf_resnet"):
+        loaded, _ = build(ModelArguments(model_name_or_path=str(tmp_path / "pickled"), allow_pickle_weights=True),
+                          ["ant", "bee"])
+    assert torch.equal(loaded.classifier[1].weight, model.classifier[1].weight)
+    assert "only do so for checkpoints you trust" in caplog.text
+
+
+def test_remote_code_is_never_trusted(tmp_path):
+    """A checkpoint's own Python code never runs: a known model type loads transformers' class; an unknown one
+    that needs its code is refused."""
+    import json
+
+    from transformers import ResNetConfig
+
+    ckpt = save_checkpoint(tmp_path / "ckpt", ["ant", "bee"])
+    config = json.loads((ckpt / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForImageClassification": "evil.EvilModel"}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    (ckpt / "evil.py").write_text("raise SystemExit('remote code ran')\n")
+    assert type(load_config(ModelArguments(model_name_or_path=str(ckpt)))) is ResNetConfig
+    config["model_type"] = "evil-net"
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="needs its own Python code .*never runs a checkpoint's code"):
+        load_config(ModelArguments(model_name_or_path=str(ckpt)))
+
+
+def test_a_bundled_config_as_model_name_builds_a_random_model():
+    args = ModelArguments(model_name_or_path="bundled:resnet-smoke")
+    assert args.model_name_or_path is None and args.config_name == "bundled:resnet-smoke"
+
+
 def test_classes_that_are_some_of_the_checkpoints_start_from_its_rows(tmp_path):
     ckpt = save_checkpoint(tmp_path / "ckpt", ["tabby, tabby cat", "red", "dog", "blue", "green"])
     model, label_map = build(ModelArguments(model_name_or_path=str(ckpt)), ["blue", "green", "red"])

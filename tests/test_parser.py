@@ -47,8 +47,10 @@ def test_abbreviated_cli_flag_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", shipped_recipes())
-def test_every_shipped_recipe_parses(recipe):
-    model_args, data_args, strategy_args, training_args = parse_args(["--config", recipe])
+def test_every_shipped_recipe_parses(recipe, tmp_path):
+    text = (RECIPES / f"{recipe}.yaml").read_text()
+    data = [] if "dataset_name:" in text or "train_dir:" in text else ["--train_dir", str(tmp_path)]
+    model_args, data_args, strategy_args, training_args = parse_args(["--config", recipe, *data])
     assert training_args.output_dir.startswith("outputs/")
     strategy_args.check_with(training_args)  # no strategy setting contradicts a Trainer setting
 
@@ -61,3 +63,28 @@ def test_shipped_recipes_are_found_by_name_path_or_old_spelling():
     with pytest.raises(ConfigError, match="shipped recipe"):
         find_recipe("../../pyproject.toml")  # a name never reaches outside the recipes folder
     assert not (REPO / "recipes" / "smoke").exists()  # the YAML lives in the package only: one copy
+
+
+def test_null_on_the_command_line_clears_an_optional_field(tmp_path):
+    path = write_recipe(tmp_path, "head_learning_rate: 0.1\nmax_train_samples: 10\nhub_model_id: me/x\n")
+    for null in ("null", "None", "~", ""):
+        _, data_args, strategy_args, training_args = parse_args(
+            ["--config", path, "--head_learning_rate", null, f"--max_train_samples={null}", "--hub_model_id", null]
+        )
+        assert strategy_args.head_learning_rate is None and data_args.max_train_samples is None, null
+        assert training_args.hub_model_id is None
+    *_, training_args = parse_args(["--config", path, "--report_to", "none"])
+    assert training_args.report_to in ("none", [], ["none"])  # transformers' own "no tracker", not a null
+    with pytest.raises(ConfigError, match="`--num_train_epochs` cannot be null"):
+        parse_args(["--config", path, "--num_train_epochs", "null"])
+
+
+def test_a_data_source_on_the_command_line_replaces_the_recipes(tmp_path):
+    folders = ["--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val")]
+    _, data_args, *_ = parse_args(["--config", "smoke/digits_smoke", *folders])
+    assert data_args.dataset_name is None and data_args.train_dir == str(tmp_path / "train")
+    _, data_args, *_ = parse_args(["--config", "smoke/digits_smoke", "--dataset_name", "null", *folders])
+    assert data_args.dataset_name is None
+    recipe = write_recipe(tmp_path, "validation_dir: /somewhere/val\n")  # a recipe of folders
+    _, data_args, *_ = parse_args(["--config", recipe, "--dataset_name", "someone/dataset"])
+    assert data_args.dataset_name == "someone/dataset" and data_args.train_dir is data_args.validation_dir is None

@@ -92,6 +92,21 @@ def test_streamed_run_resumes_after_sigkill(tmp_path, colour_folders):
     assert abs(accuracy[0] - accuracy[1]) <= 0.1
 
 
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_go_on_instead_of_a_traceback(tmp_path, colour_folders):
+    out, log = tmp_path / "out", tmp_path / "log.txt"
+    proc = start(command(out, colour_folders, 0), log)
+    deadline = time.monotonic() + DEADLINE_S
+    while not (out / "checkpoint-4" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=DEADLINE_S) == 130
+    text = log.read_text()
+    assert "interrupted." in text and "rerun the same command to resume from it" in text, text[-2000:]
+    assert "Traceback" not in text, text[-3000:]
+
+
 # Gradual unfreezing with everything that carries state across steps: the unfreeze position, per-group rates under
 # layer decay and a step decay, SGD momentum buffers, the EMA, and the random draws of mixup and dropout.
 STRATEGY = ["--tuning", "linear_probe", "--unfreeze_epochs", "1", "2", "--layer_decay", "0.7", "--optim", "sgd",
