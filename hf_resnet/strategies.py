@@ -252,12 +252,6 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr: floa
     return [buckets[key] for key in sorted(buckets)]
 
 
-def parameter_counts(model: nn.Module) -> dict[str, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    return {"trainable_parameters": trainable, "frozen_parameters": frozen}
-
-
 # The run's strategy ------------------------------------------------------------------------------------------------
 
 
