@@ -81,3 +81,48 @@ def test_skipped_examples_are_not_scored():
     labels = np.array([0, 1, -100, -100])  # the last two images could not be decoded
     got = classification_metrics(ids, labels, num_classes=2)
     assert got["samples"] == 2 and got["accuracy"] == 1.0
+
+
+def test_confusion_counts_agree_with_the_reported_metrics():
+    """The report's table and the headline numbers are one computation: totals = support, diagonal / total =
+    accuracy, per-class F1 averaged over the classes present = macro F1 (and scikit-learn agrees)."""
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    from hf_resnet.metrics import confusion_counts, per_class_metrics
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 9, size=400)  # class 9 of 10 never appears as a label ...
+    predictions = np.where(rng.random(400) < 0.6, labels, rng.integers(0, 10, size=400))  # ... but is predicted
+    labels[:7] = -100  # undecodable images: not scored
+    counts = confusion_counts(labels, predictions, 10)
+    got = classification_metrics(predictions, labels, num_classes=10)
+    scored = labels != -100
+    assert counts.shape == (10, 10) and counts.dtype == np.int64
+    assert counts.sum() == got["samples"] == scored.sum()
+    assert np.array_equal(counts, confusion_matrix(labels[scored], predictions[scored], labels=range(10)))
+    assert np.array_equal(counts.sum(axis=1), np.bincount(labels[scored], minlength=10))  # rows: support
+    assert np.trace(counts) / counts.sum() == pytest.approx(got["accuracy"])
+    table = per_class_metrics(counts)
+    assert table["present"].sum() == 10 and table["support"][9] == 0 and table["recall"][9] == 0
+    assert table["f1"][table["present"]].mean() == pytest.approx(got["f1_macro"])
+    assert got["f1_macro"] == pytest.approx(f1_score(labels[scored], predictions[scored], average="macro",
+                                                     zero_division=0))
+    assert table["f1"] == pytest.approx(f1_score(labels[scored], predictions[scored], average=None,
+                                                 labels=range(10), zero_division=0))
+
+
+def test_confusion_counts_never_hold_examples_by_classes():
+    import tracemalloc
+
+    from hf_resnet.metrics import confusion_counts
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 1000, size=50_000)
+    topk = rng.integers(0, 1000, size=(50_000, 5))
+    tracemalloc.start()
+    counts = confusion_counts(labels, topk[:, 0], 1000)
+    classification_metrics(topk, labels, num_classes=1000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert counts.sum() == 50_000
+    assert peak < 40 * 2**20, peak  # 1000 x 1000 counts are 8 MB; 50,000 x 1000 float32 logits would be 200 MB
