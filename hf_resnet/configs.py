@@ -366,6 +366,14 @@ class DataArguments:
             "help": "Share of train split off (stratified, seeded) as validation when there is no validation split."
         },
     )
+    test_split: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share of train split off (stratified, seeded) as a labeled test split, scored at the end like "
+            "validation, with its own report. Both shares are of the whole train split: `test_split: 0.1` with "
+            "`train_val_split: 0.1` cuts one folder into 80/10/10."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation examples."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only this many test examples."})
@@ -425,6 +433,14 @@ class DataArguments:
             )
         if not 0.0 < self.train_val_split < 1.0:
             raise ConfigError(f"`train_val_split` must be between 0 and 1, got {self.train_val_split}.")
+        if self.test_split is not None:
+            if not 0.0 < self.test_split < 1.0 or self.test_split + self.train_val_split >= 1.0:
+                raise ConfigError(
+                    f"`test_split` must be between 0 and 1 and leave room for training beside `train_val_split` "
+                    f"({self.train_val_split}), got {self.test_split}; e.g. 0.1 and 0.1 for 80/10/10."
+                )
+            if self.test_dir:
+                raise ConfigError("`test_split` and `test_dir` both name the test split; keep one.")
         scale = self.random_resized_crop_scale
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ConfigError(f"`random_resized_crop_scale` must be [min, max] with 0 < min <= max <= 1, got {scale}.")

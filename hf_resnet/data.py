@@ -20,7 +20,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from .bundled import digits_image_folder
 from .configs import DataArguments
-from .constants import VALIDATION_SPLITS
+from .constants import TEST_SPLIT, VALIDATION_SPLITS
 from .errors import ConfigError, DataError
 from .folders import folder_dataset, read_folder
 
@@ -41,6 +41,7 @@ class ImageData:
     test_has_labels: bool = False
     test_label_map: list[int] | None = None  # a test folder's own label ids -> training label ids
     sizes: dict = field(default_factory=dict)  # split -> examples, where known (also when streaming)
+    held_out: dict = field(default_factory=dict)  # split -> the share of train it was carved from
     source: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -148,36 +149,43 @@ def _resolve_columns(features, args: DataArguments) -> tuple[str, str, list[str]
     return image_column, label_column, list(label_feature.names)
 
 
-def _held_out(example: dict, column: str, share: float, seed: int) -> bool:
-    """Whether a (undecoded) image belongs to the held-out validation part: a hash of its path or bytes, so the
-    answer is the same in every epoch, shard order, worker and process."""
+def _in_band(example: dict, column: str, low: float, high: float, seed: int) -> bool:
+    """Whether a (undecoded) image's hash position, in [0, 1), falls in [low, high): a hash of its path or bytes,
+    so the answer is the same in every epoch, shard order, worker and process."""
     value = example[column]
     key = (value.get("path") or "").encode() or (value.get("bytes") or b"")
     # blake2b, not crc32: crc32 is linear, so paths that differ in a few digits land in clusters (31 of 60
     # "img_NN.png" were held out for a 25% share).
     digest = hashlib.blake2b(key, digest_size=8, key=str(seed).encode()).digest()
-    return int.from_bytes(digest, "big") % 10_000 < share * 10_000
+    return low * 10_000 <= int.from_bytes(digest, "big") % 10_000 < high * 10_000
 
 
-def _not_held_out(example: dict, column: str, share: float, seed: int) -> bool:
-    return not _held_out(example, column, share, seed)
+def _out_of_band(example: dict, column: str, low: float, high: float, seed: int) -> bool:
+    return not _in_band(example, column, low, high, seed)
 
 
-def _split_validation(train, args: DataArguments, image_column: str, label_column: str, seed: int):
-    """Hold out `train_val_split` of train: stratified for map-style data; by a hash of each image's path (or
-    bytes) when streaming, so the two parts never overlap whatever the shard order."""
+def _held_out(example: dict, column: str, share: float, seed: int) -> bool:
+    """Whether an image belongs to the validation part hash-split off a stream (the band [0, share))."""
+    return _in_band(example, column, 0.0, share, seed)
+
+
+def _split_off(train, share: float, band: tuple[float, float], part: str, field_name: str, image_column: str,
+               label_column: str, seed: int):
+    """Hold `share` of train out as `part`: stratified by label for map-style data; for a stream, the images
+    whose hash position lies in `band` (shares of the whole stream, so a validation band [0, v) and a test band
+    [1 - t, 1) never overlap whatever the shard order). Returns (rest of train, held-out part)."""
     if isinstance(train, IterableDataset):
         raw = train.cast_column(image_column, ImageFeature(decode=False))  # hashing needs no decoding
-        rule = dict(column=image_column, share=args.train_val_split, seed=seed)
-        keep = raw.filter(partial(_not_held_out, **rule)).cast_column(image_column, ImageFeature())
-        held = raw.filter(partial(_held_out, **rule)).cast_column(image_column, ImageFeature())
+        rule = dict(column=image_column, low=band[0], high=band[1], seed=seed)
+        keep = raw.filter(partial(_out_of_band, **rule)).cast_column(image_column, ImageFeature())
+        held = raw.filter(partial(_in_band, **rule)).cast_column(image_column, ImageFeature())
         return keep, held
     try:
-        parts = train.train_test_split(test_size=args.train_val_split, stratify_by_column=label_column, seed=seed)
+        parts = train.train_test_split(test_size=share, stratify_by_column=label_column, seed=seed)
     except ValueError as err:  # too few examples in a class to stratify
         raise DataError(
-            f"Cannot split {args.train_val_split:.0%} of train off as validation, stratified by label ({err}); "
-            "provide a validation split (`validation_dir`) or raise `train_val_split`."
+            f"Cannot split {share:.0%} of train off as {part}, stratified by label ({err}); provide a {part} split "
+            f"(`{part}_dir`) or raise `{field_name}`."
         ) from err
     return parts["train"], parts["test"]
 
@@ -216,7 +224,7 @@ def load_image_data(
     if args.test_dir:
         test, sizes["test"], test_notes = _load_test_dir(args)
         notes += test_notes
-    elif with_test:
+    elif with_test and not args.test_split:
         test = raw.get("test")  # a Hub dataset's own test split (ImageNet's has labels -1: predicted)
     reference = train if train is not None else validation
     if reference is None:
@@ -227,11 +235,29 @@ def load_image_data(
     if features is None:
         raise DataError("The streamed dataset does not declare its features; use `streaming: false` for it.")
     image_column, label_column, labels = _resolve_columns(features, args)
+    held_out = {}
+    if args.test_split:  # the report's 80/10/10: a labeled test split carved from train, before validation is
+        if train is None:
+            raise DataError("`test_split` carves a test split from train, but the data has no train split.")
+        whole = sizes.get("train")
+        train, test = _split_off(train, args.test_split, (1.0 - args.test_split, 1.0), "test", "test_split",
+                                 image_column, label_column, seed)
+        held_out[TEST_SPLIT] = args.test_split
+        notes.append(f"test_split: held out {args.test_split:.0%} of train as a labeled test split (seed {seed})")
+        sizes["test"] = len(test) if isinstance(test, Dataset) else None
+        if whole:
+            sizes["train"] = whole - (sizes["test"] or round(whole * args.test_split))
     if train is not None and validation is None:
-        train, validation = _split_validation(train, args, image_column, label_column, seed)
-        notes.append(f"no validation split: held out {args.train_val_split:.0%} of train (seed {seed})")
-        if sizes.get("train"):
-            sizes["train"] = sizes["train"] - round(sizes["train"] * args.train_val_split)
+        # A share of the whole train split, also when a test split was carved from it first (0.1 + 0.1: 80/10/10).
+        share = args.train_val_split
+        of_rest = share / (1.0 - args.test_split) if args.test_split else share  # map-style: of what test left
+        before = sizes.get("train")
+        train, validation = _split_off(train, of_rest, (0.0, share), "validation", "train_val_split",
+                                       image_column, label_column, seed)
+        held_out["validation"] = share
+        notes.append(f"no validation split: held out {share:.0%} of train (seed {seed})")
+        if before:
+            sizes["train"] = before - (len(validation) if isinstance(validation, Dataset) else round(before * of_rest))
     train = _limit(train, args.max_train_samples)
     validation = _limit(validation, args.max_eval_samples)
     test = _limit(test, args.max_predict_samples)
@@ -243,6 +269,8 @@ def load_image_data(
             test_label_map, note = _test_dir_labels(test, label_column, labels)
             notes += [note] if note else []
             test_has_labels = test_label_map is not None
+        elif args.test_split:
+            test_has_labels = True
         else:
             test_has_labels = _test_has_labels(test, label_column)
     if isinstance(train, IterableDataset):
@@ -263,6 +291,7 @@ def load_image_data(
         train=train, validation=validation, test=test, image_column=image_column, label_column=label_column,
         labels=labels, test_has_labels=test_has_labels, test_label_map=test_label_map,
         source=args.dataset_name or args.train_dir or args.validation_dir or "", notes=notes, sizes=split_sizes,
+        held_out=held_out,
     )
 
 

@@ -1,6 +1,7 @@
 """Loading data: columns, labels, folders, validation splits and a stream's steps. Each bad input stops before
 training with a message that names the field and the fix (offline, fast)."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -188,3 +189,75 @@ def test_unknown_size_stream_with_epoch_eval_on_several_processes():
     with pytest.raises(ConfigError, match="eval_strategy: steps"):
         use_steps_for_epochs(args, None)
 
+
+
+def test_test_split_cuts_one_folder_80_10_10_stratified_and_seeded(tmp_path):
+    folder = make_image_folder(tmp_path / "all", per_class=30, seed=0)  # 3 classes x 30
+
+    def split_files(seed):
+        data = load_image_data(DataArguments(train_dir=str(folder), test_split=0.1, train_val_split=0.1), seed=seed)
+        return data, {name: [ex["image"].filename for ex in getattr(data, name)]
+                      for name in ("train", "validation", "test")}
+
+    data, files = split_files(seed=42)
+    assert {k: len(v) for k, v in files.items()} == {"train": 72, "validation": 9, "test": 9}
+    assert data.sizes == {"train": 72, "validation": 9, "test": 9}
+    assert data.test_has_labels and data.held_out == {"test": 0.1, "validation": 0.1}
+    everything = [f for part in files.values() for f in part]
+    assert len(everything) == len(set(everything)) == 90  # disjoint, and nothing lost
+    for part in ("validation", "test"):  # stratified: 3 images of each class
+        classes = [Path(f).parent.name for f in files[part]]
+        assert sorted(classes) == sorted(["red", "green", "blue"] * 3), part
+    assert split_files(seed=42)[1] == files  # the same split again
+    assert split_files(seed=7)[1]["test"] != files["test"]
+
+
+def test_test_split_beside_a_validation_folder_comes_from_train(tmp_path):
+    train = make_image_folder(tmp_path / "train", per_class=20, seed=0)
+    validation = make_image_folder(tmp_path / "validation", per_class=4, seed=1)
+    data = load_image_data(DataArguments(train_dir=str(train), validation_dir=str(validation), test_split=0.25))
+    assert (len(data.train), len(data.validation), len(data.test)) == (45, 12, 15)
+    assert data.held_out == {"test": 0.25}
+
+
+def test_test_split_of_a_stream_is_a_hash_band_apart_from_validation(tmp_path):
+    from hf_resnet.data import _in_band
+
+    paths = [f"/data/train/cat/img_{i:05d}.png" for i in range(3000)]
+    validation = {p for p in paths if _in_band({"image": {"path": p}}, "image", 0.0, 0.1, 42)}
+    test = {p for p in paths if _in_band({"image": {"path": p}}, "image", 0.9, 1.0, 42)}
+    assert not validation & test
+    assert 0.08 <= len(validation) / 3000 <= 0.12 and 0.08 <= len(test) / 3000 <= 0.12
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"test_split": 1.5}, "`test_split` must be between 0 and 1"),
+    ({"test_split": 0.9}, "leave room for training"),  # with the default train_val_split 0.15
+    ({"test_split": 0.1, "test_dir": "somewhere"}, "`test_split` and `test_dir` both name the test split"),
+])
+def test_bad_test_split_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        data_args(**overrides)
+
+
+def test_streamed_test_and_validation_splits_are_disjoint_parts_of_train(tmp_path):
+    import numpy as np
+    from datasets import Dataset as HFDataset
+    from datasets import Image as ImageFeature
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(80):
+        files.append(str(tmp_path / f"img_{i:02d}.png"))
+        PILImage.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(files[-1])
+    table = HFDataset.from_dict({"image": files, "label": [i % 2 for i in range(80)]})
+    table = table.cast_column("image", ImageFeature()).cast_column("label", ClassLabel(names=["a", "b"]))
+    (tmp_path / "pq" / "data").mkdir(parents=True)
+    table.to_parquet(str(tmp_path / "pq" / "data" / "train-00000-of-00001.parquet"))
+    data = load_image_data(DataArguments(dataset_name=str(tmp_path / "pq"), streaming=True, train_val_split=0.2,
+                                         test_split=0.2, shuffle_buffer_size=8))
+    parts = {name: [ex["image"]["path"] for ex in getattr(data, name).cast_column("image", ImageFeature(decode=False))]
+             for name in ("train", "validation", "test")}
+    assert sum(len(p) for p in parts.values()) == len(set().union(*map(set, parts.values()))) == 80
+    assert all(len(p) >= 5 for p in parts.values()) and data.test_has_labels
