@@ -43,6 +43,13 @@ class ModelArguments:
         },
     )
     model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the checkpoint."})
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "License of the fine-tuned model, written into its card (a Hub license id such as apache-2.0); "
+            "defaults to the base model's, read from its card."
+        },
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
     token: str | None = field(
         default=None,
@@ -343,8 +350,8 @@ class DataArguments:
     test_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Image folder to predict (flat, unlabeled: writes predictions.csv) or score (one sub-folder per "
-            "class) at the end. A Hub dataset's test split is used only with `do_predict`."
+            "help": "Image folder to predict (flat, unlabeled: writes report/test/predictions_test.csv) or score "
+            "(one sub-folder per class) at the end. A Hub dataset's test split is used only with `do_predict`."
         },
     )
     image_column_name: str | None = field(

@@ -21,3 +21,6 @@ BUNDLED_PREFIX = "bundled:"
 
 # Top-k class ids kept per evaluated example (metrics, predictions): O(examples x TOP_K) memory, not x classes.
 TOP_K = 5
+
+# The folder under output_dir that holds the evaluation reports (one sub-folder per split) and their pictures.
+REPORT_DIR = "report"

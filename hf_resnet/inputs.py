@@ -8,6 +8,8 @@ loss and the metrics ignore: batches keep their size, so processes stay in step 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from datasets import Dataset, IterableDataset
 from datasets import Image as ImageFeature
@@ -120,6 +122,21 @@ def file_names(dataset, ids: list[int]) -> list[str]:
         column = dataset.transform.image_column
         return [describe(dataset.dataset[int(i)][column]) if 0 <= i < len(dataset) else f"index {i}" for i in ids]
     return [f"index {i}" for i in ids]
+
+
+def iter_file_names(dataset, chunk: int = 4096) -> Iterator[str] | None:
+    """Every example's file path in dataset order (map-style), read from the path column alone: no image bytes
+    are loaded, so 50,000 names cost a few MB. None for streamed data, whose rows only know their position."""
+    if not isinstance(dataset, ImageClassificationDataset):
+        return None
+    column = f"{dataset.transform.image_column}.path"
+    paths = dataset.dataset.select_columns([dataset.transform.image_column]).flatten().select_columns([column])
+
+    def names() -> Iterator[str]:
+        for start in range(0, len(paths), chunk):
+            yield from (name or "" for name in paths[start : start + chunk][column])
+
+    return names()
 
 
 def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output_dir: str | None,

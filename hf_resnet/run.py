@@ -1,5 +1,5 @@
 """The fine-tuning run, top to bottom: config -> data -> model -> strategy -> inputs -> Trainer -> train ->
-evaluate -> reports -> card -> push.
+evaluate (validation, test) -> reports -> card -> push.
 
     hf-resnet train --config smoke/digits_smoke                       # offline; a shipped recipe, by name
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/finetune.py \\
@@ -14,11 +14,10 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from pathlib import Path
 
 import datasets
 import transformers
-from transformers.trainer_utils import set_seed
+from transformers.trainer_utils import EvalLoopOutput, set_seed
 
 from .callbacks import FileModesCallback, SkippedImagesCallback
 from .checkpoints import fix_file_modes, resume_checkpoint
@@ -26,11 +25,12 @@ from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments, S
 from .constants import TEST_SPLIT
 from .data import ImageData, load_image_data, plan_streamed_steps
 from .hub import settle_offline_mode
+from .inference import Classifier
 from .inputs import build_split_inputs, file_names
 from .modeling import build_model, head_label_map, load_config, load_image_processor
 from .preflight import check_run
-from .reports.model_card import CardInfo
-from .reports.predictions import write_predictions
+from .reports.evaluation import start_report, write_split_report, write_training_curves
+from .reports.model_card import CardInfo, base_model_license, dataset_title, run_hyperparameters
 from .skips import build_report, publish, skipped_indices, start_afresh
 from .strategies import plan_strategy
 from .trainer import ImageClassificationTrainer
@@ -51,7 +51,7 @@ def setup_logging(training_args: FinetuneTrainingArguments) -> None:
 
 
 def load_data(data_args: DataArguments, model_args: ModelArguments, training_args) -> ImageData:
-    with_test = bool(data_args.test_dir) or training_args.do_predict
+    with_test = bool(data_args.test_dir or data_args.test_split) or training_args.do_predict
     data = load_image_data(data_args, seed=training_args.seed, token=model_args.token,
                            cache_dir=model_args.cache_dir, with_test=with_test)
     for note in data.notes:
@@ -69,15 +69,29 @@ def resume_or_start(training_args, head_labels: list[str]) -> str | None:
     return last_checkpoint
 
 
-def card_info(data: ImageData, model_args, data_args, strategy_args, head_labels: list[str]) -> CardInfo:
+def card_info(data: ImageData, model_args, data_args, strategy_args, training_args, model, head_labels: list[str],
+              pre: PreprocessConfig) -> CardInfo:
+    license = model_args.license
+    if license is None and training_args.do_train:
+        license = base_model_license(model_args.model_name_or_path, model_args.model_revision, model_args.token,
+                                     model_args.cache_dir)
+    augmentation = {"image_size": pre.crop_size[0], "random_resized_crop_scale": data_args.random_resized_crop_scale,
+                    "horizontal_flip": data_args.horizontal_flip}
     return CardInfo(
         base_model=model_args.model_name_or_path,
-        dataset_name=data_args.dataset_name or Path(data.source).parent.name or data.source,
-        dataset_id=data_args.dataset_name,
+        dataset_name=dataset_title(data_args.dataset_name, data.source),
+        dataset_id=data_args.dataset_name,  # in the Hub metadata only when it is a Hub id
+        dataset_config=data_args.dataset_config_name,
         labels=head_labels,
         tuning=strategy_args.tuning,
+        license=license,
+        license_source=None if license is None else "set by `license`" if model_args.license
+        else f"inherited from {model_args.model_name_or_path}'s card",
         train_examples=data.sizes.get("train") or "unknown",
-        eval_examples=data.sizes.get("validation") or "unknown",
+        held_out=data.held_out,
+        parameters=model.num_parameters(),
+        crop_size=pre.crop_size[0],
+        hyperparameters=run_hyperparameters(strategy_args, training_args, augmentation),
     )
 
 
@@ -91,11 +105,29 @@ def train(trainer: ImageClassificationTrainer, last_checkpoint: str | None) -> d
     return result.metrics
 
 
-def evaluate(trainer: ImageClassificationTrainer, dataset, prefix: str) -> dict:
-    metrics = trainer.evaluate(dataset, metric_key_prefix=prefix)
+def evaluate(trainer: ImageClassificationTrainer, dataset, prefix: str) -> tuple[dict, EvalLoopOutput]:
+    """Score a labeled split; also returns the gathered top-5 predictions and label ids for its report."""
+    metrics, output = trainer.evaluate_with_predictions(dataset, metric_key_prefix=prefix)
     trainer.log_metrics(prefix, metrics)
     trainer.save_metrics(prefix, metrics)
-    return metrics
+    return metrics, output
+
+
+def write_reports(trainer: ImageClassificationTrainer, card: CardInfo, outputs: dict, inputs: dict,
+                  skip_report: dict, pre: PreprocessConfig) -> None:
+    """Main process: `report/<split>/` for each split evaluated or predicted, `report/training_curves.png`; the
+    card gets what they show."""
+    output_dir = trainer.args.output_dir
+    start_report(output_dir)
+    with trainer.evaluated_weights():  # the pictures show the model that was scored (the EMA, when there is one)
+        classifier = Classifier(trainer.model, pre)
+        for split, (metrics, output, prefix) in outputs.items():
+            result = write_split_report(output_dir, split, output.predictions, output.label_ids, metrics, prefix,
+                                        card.labels, inputs[split], classifier, skipped_indices(skip_report, split),
+                                        seed=trainer.args.seed)
+            if result is not None:
+                card.results[split] = result
+    card.training_curves = write_training_curves(output_dir, trainer.state, trainer.args.load_best_model_at_end)
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
@@ -129,12 +161,13 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
 
     # Inputs: decoded and transformed per example in the DataLoader workers ------------------------------------------
     identity = label_map == list(range(len(data.labels)))
-    inputs = build_split_inputs(data, PreprocessConfig.from_processor(processor), data_args,
+    pre = PreprocessConfig.from_processor(processor)
+    inputs = build_split_inputs(data, pre, data_args,
                                 None if identity else label_map, training_args.output_dir, seed=training_args.seed)
     train_set, eval_set, test_set = inputs.get("train"), inputs.get("validation"), inputs.get(TEST_SPLIT)
 
     # Trainer ------------------------------------------------------------------------------------------------------
-    card = card_info(data, model_args, data_args, strategy_args, head_labels)
+    card = card_info(data, model_args, data_args, strategy_args, training_args, model, head_labels, pre)
     trainer = ImageClassificationTrainer(
         model=model, args=training_args, train_dataset=train_set if training_args.do_train else None,
         eval_dataset=eval_set if training_args.do_eval else None, processing_class=processor,
@@ -148,30 +181,31 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     metrics: dict = {}
     if training_args.do_train:
         metrics.update(train(trainer, last_checkpoint))
+    outputs: dict = {}  # split -> (metrics, gathered predictions, metric prefix), for the reports
     if training_args.do_eval and eval_set is not None:
-        card.eval_metrics = evaluate(trainer, eval_set, "eval")
-        metrics.update(card.eval_metrics)
-    test_output = None
-    if test_set is not None and (data_args.test_dir or training_args.do_predict):
+        outputs["validation"] = (*evaluate(trainer, eval_set, "eval"), "eval")
+    if test_set is not None and (data_args.test_dir or data_args.test_split or training_args.do_predict):
         if data.test_has_labels:
-            metrics.update(evaluate(trainer, test_set, "test"))
-        else:  # unlabeled: predicted into predictions.csv, scored nothing
-            test_output = trainer.predict(test_set, metric_key_prefix="test")
+            outputs[TEST_SPLIT] = (*evaluate(trainer, test_set, "test"), "test")
+        else:  # unlabeled: predicted into report/test/predictions_test.csv, scored nothing
+            outputs[TEST_SPLIT] = ({}, trainer.predict(test_set, metric_key_prefix="test"), "test")
+    for split_metrics, _, _ in outputs.values():
+        metrics.update(split_metrics)
 
-    # Reports: skipped images (once), predictions of an unlabeled test split -----------------------------------------
+    # Reports: skipped images (once), then one report per split and the training curves (main process) -----------
     main_process = trainer.is_world_process_zero()
     report = build_report(training_args.output_dir, data.sizes)
-    if test_output is not None and main_process:
-        path = Path(training_args.output_dir) / "predictions.csv"
-        rows = write_predictions(path, test_output, test_set, card.labels, skipped_indices(report, TEST_SPLIT))
-        logger.info("Wrote %d predictions to %s", rows, path)
+    if main_process:
+        write_reports(trainer, card, outputs, inputs, report, pre)
     publish(report, training_args.output_dir, data_args.max_skipped_share, main_process)
 
-    # Card and push (an evaluation-only run made no model) ----------------------------------------------------------
+    # Card and push (an evaluation-only run made no model: it pushes its report) ------------------------------------
     if main_process and training_args.do_train:
         trainer.create_model_card()
     if main_process:
         fix_file_modes(training_args.output_dir)
     if training_args.push_to_hub and training_args.do_train:
-        trainer.push_to_hub(commit_message="hf-resnet: fine-tuned model, processor, metrics and card")
+        trainer.push_to_hub(commit_message="hf-resnet: fine-tuned model, processor, metrics, report and card")
+    elif training_args.push_to_hub:
+        trainer.push_report()
     return metrics

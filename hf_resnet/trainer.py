@@ -15,6 +15,8 @@ streamed data; our model card.
 - `_get_dataloader`: a streamed train split is already split per process, so its batches are not dispatched;
   a streamed eval split is read by the main process and dispatched, so every example is scored exactly once;
 - `create_model_card`: renders `model_card.md` via `reports.model_card` (also when `push_to_hub` calls it);
+- `evaluation_loop`: while `evaluate_with_predictions` runs, keeps the loop's output (the gathered top-5 ids,
+  probabilities and label ids) for the reports; `push_report` uploads an evaluation-only run's report;
 - metrics come from `metrics.reduce_logits` + `metrics.ComputeMetrics` (top-5 ids per example, never all logits).
 
 What this relies on inside transformers / accelerate / torch (each has a test in `tests/test_trainer.py` or
@@ -37,7 +39,10 @@ What this relies on inside transformers / accelerate / torch (each has a test in
    `**kwargs` but ignores `num_items_in_batch`, so the Trainer must divide its batch-mean loss by the gradient
    accumulation steps and not multiply it by the process count) and `label_smoother = None` (smoothing is ours);
 9. torch optimizers skip parameters whose `.grad` is None (frozen ones: no step, no state), and DDP with
-   `find_unused_parameters` leaves the gradients of registered but frozen parameters None on every process.
+   `find_unused_parameters` leaves the gradients of registered but frozen parameters None on every process;
+10. `evaluate()` runs `evaluation_loop`, whose `EvalLoopOutput` holds the predictions `compute_metrics` saw;
+11. `init_hf_repo` creates the repo with `hub_private_repo` and sets `hub_model_id`;
+   `transformers.utils.hub.hf_api` is the client the Trainer pushes with (`push_report` uploads through it too).
 """
 
 from __future__ import annotations
@@ -48,11 +53,12 @@ from pathlib import Path
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer
-from transformers.trainer_utils import get_last_checkpoint, has_length
+from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint, has_length
+from transformers.utils.hub import hf_api
 
 from .callbacks import EpochCallback, UnfreezeCallback
 from .checkpoints import CHECKPOINT_RE
-from .constants import IGNORE_INDEX
+from .constants import IGNORE_INDEX, REPORT_DIR
 from .ema import WeightEma
 from .errors import ConfigError, NonFiniteLossError
 from .inputs import ImageClassificationDataset, collate
@@ -88,6 +94,7 @@ class ImageClassificationTrainer(Trainer):
         self.steps_per_epoch: int | None = None  # optimizer steps, known once training starts
         self._example_ids = None
         self._skip_update = False
+        self._keep_predictions, self._kept = False, None
 
     def _prepare_inputs(self, inputs):
         inputs = dict(inputs)
@@ -226,6 +233,11 @@ class ImageClassificationTrainer(Trainer):
     def _ema_applied(self):
         return self.ema.applied(self.model) if self.ema is not None else nullcontext()
 
+    def evaluated_weights(self):
+        """A context in which `self.model` holds the weights `evaluate()` scores and `save_model()` writes (the
+        EMA when `ema_decay` is set): what the reports' pictures must be drawn with."""
+        return self._ema_applied()
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if self.ema is not None and resume_from_checkpoint:
             folder = resume_from_checkpoint
@@ -276,9 +288,41 @@ class ImageClassificationTrainer(Trainer):
                 return super()._get_dataloader(*args)
         return super()._get_dataloader(*args)
 
-    # Model card ---------------------------------------------------------------------------------------------------
+    # Final evaluations: their predictions go to the reports ----------------------------------------------------
+
+    def evaluate_with_predictions(self, dataset, metric_key_prefix: str = "eval") -> tuple[dict, EvalLoopOutput]:
+        """`evaluate()` (metrics logged, callbacks told) that also returns the loop's output: the gathered top-k
+        ids and probabilities (`metrics.reduce_logits`) and label ids, O(examples x 5)."""
+        self._keep_predictions = True
+        try:
+            metrics = self.evaluate(dataset, metric_key_prefix=metric_key_prefix)
+            return metrics, self._kept
+        finally:
+            self._keep_predictions, self._kept = False, None
+
+    def evaluation_loop(self, *args, **kwargs) -> EvalLoopOutput:
+        output = super().evaluation_loop(*args, **kwargs)
+        if self._keep_predictions:
+            self._kept = output
+        return output
+
+    # Model card and Hub ---------------------------------------------------------------------------------------------
 
     def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
+        """Our card; the quick start names the Hub repo when pushing, else the local folder."""
         if self.is_world_process_zero():
-            repo_id = self.args.hub_model_id or getattr(self, "hub_model_id", None)
-            write_model_card(self.card_info, self.args, repo_id=repo_id, model_name=model_name)
+            repo_id = getattr(self, "hub_model_id", None) if self.args.push_to_hub else None
+            write_model_card(self.card_info, self.args, repo_id=repo_id, model_name=model_name, state=self.state)
+
+    def push_report(self, commit_message: str = "hf-resnet: evaluation report"):
+        """An evaluation-only run made no model: upload its report (`report/`, the results JSON, the skipped-image
+        list) to `hub_model_id`, created with `hub_private_repo` like any Trainer push."""
+        if not self.is_world_process_zero():
+            return None
+        if getattr(self, "hub_model_id", None) is None:
+            self.init_hf_repo()
+        return hf_api().upload_folder(
+            repo_id=self.hub_model_id, folder_path=self.args.output_dir, commit_message=commit_message,
+            token=self.args.hub_token, revision=self.args.hub_revision,
+            allow_patterns=[f"{REPORT_DIR}/**", "*results.json", "skipped_images.json"],
+        )

@@ -1,5 +1,6 @@
 """Broken image files never crash a run: skipped in every worker, map-style and streamed, listed, and limited."""
 
+import csv
 import json
 import shutil
 
@@ -52,6 +53,14 @@ def test_bad_files_are_skipped_listed_and_not_scored(tmp_path, broken_folders, s
     assert "pixel limit" in reasons["va_huge.png"] and "cannot identify" in reasons["va_text.jpg"]
     assert metrics["eval_samples"] == 30  # the 4 broken validation files are listed, not scored
     assert (out / "model.safetensors").is_file()
+    with open(out / "report" / "validation" / "predictions_validation.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 34  # one row per image: a skipped image gets an empty row with the reason
+    skipped = [r for r in rows if r["skipped"]]
+    assert len(skipped) == 4 and all(r["predicted_label"] == r["true_label"] == "" for r in skipped)
+    if streaming == "false":  # map-style rows know their files, and the skip report's reasons
+        assert {r["file"].rsplit("/", 1)[-1] for r in skipped} == bad["validation"]
+        assert any("pixel limit" in r["skipped"] for r in skipped)
 
 
 @pytest.mark.slow
@@ -71,11 +80,12 @@ def test_unlabeled_test_images_that_fail_are_marked_in_predictions(tmp_path, col
     out = tmp_path / "out"
     finetune(recipe_args(out, colour_folders, test_dir=test, num_train_epochs="1",
                                           max_skipped_share="0.5"))
-    rows = [line.split(",") for line in (out / "predictions.csv").read_text().strip().splitlines()[1:]]
+    with open(out / "report" / "test" / "predictions_test.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) == 7
-    broken = [r for r in rows if r[1].endswith("broken.jpg")]
-    assert len(broken) == 1 and broken[0][2] == "" and broken[0][6]  # no label, a reason
-    assert all(r[2] in {"red", "green", "blue"} for r in rows if not r[1].endswith("broken.jpg"))
+    broken = [r for r in rows if r["file"].endswith("broken.jpg")]
+    assert len(broken) == 1 and broken[0]["predicted_label"] == "" and "cannot identify" in broken[0]["skipped"]
+    assert all(r["predicted_label"] in {"red", "green", "blue"} for r in rows if r is not broken[0])
 
 
 def test_odd_valid_images_train_like_any_other(tmp_path):

@@ -37,6 +37,12 @@ def test_two_processes_share_the_work_and_score_each_example_once(tmp_path, colo
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_samples"] == 24  # every validation image once: no padding duplicates from the 2nd process
     assert (out / "model.safetensors").is_file()
+    # the report, written once by the main process, has every image once too
+    lines = (out / "report" / "validation" / "predictions_validation.csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + 24
+    if streaming == "false":
+        assert len({line.split(",")[1] for line in lines[1:]}) == 24  # 24 distinct files, in dataset order
+    assert json.loads((out / "report" / "validation" / "eval_report.json").read_text())["scored"] == 24
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """End to end: recipes/finetune.py on image folders made by the tests, in process, offline."""
 
+import csv
 import json
+from pathlib import Path
 
 import pytest
 from conftest import finetune, recipe_args
@@ -11,6 +13,11 @@ def run_recipe(tmp_path, folders, **overrides):
     out = tmp_path / "out"
     metrics = finetune(recipe_args(out, folders, **overrides))
     return out, metrics
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def train_losses(out):
@@ -52,10 +59,11 @@ def test_recipe_trains_saves_and_serves_through_pipeline(tmp_path, colour_folder
 
     # the flat, unlabeled test folder is predicted, not scored
     assert not any(k.startswith("test_accuracy") for k in results)
-    rows = (out / "predictions.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("index,file,label,score")
-    assert len(rows) == 1 + 6
-    assert all(row.split(",")[2] in {"red", "green", "blue"} for row in rows[1:])
+    rows = read_csv(out / "report" / "test" / "predictions_test.csv")
+    assert len(rows) == 6
+    assert sorted(Path(r["file"]).name for r in rows) == sorted(p.name for p in colour_folders["test"].iterdir())
+    assert all(r["true_label"] == "" and r["predicted_label"] in {"red", "green", "blue"} for r in rows)
+    assert not (out / "report" / "test" / "eval_report.json").exists()  # nothing to score
 
 
 @pytest.mark.slow
@@ -70,6 +78,14 @@ def test_recipe_streaming(tmp_path, colour_folders):
     assert results["eval_samples"] == 24
     accuracy, _ = pipeline_accuracy(out, colour_folders["validation"])
     assert accuracy == pytest.approx(results["eval_accuracy"], abs=1e-9)
+    # a streamed split's report: every image once, identified by its position (a stream carries no file names)
+    rows = read_csv(out / "report" / "validation" / "predictions_validation.csv")
+    assert len(rows) == 24 and all(r["file"] == "" for r in rows)
+    assert sum(r["true_label"] == r["predicted_label"] for r in rows) / 24 == pytest.approx(accuracy)
+    report = json.loads((out / "report" / "validation" / "eval_report.json").read_text())
+    assert report["scored"] == 24 and report["rows_identified_by"].startswith("position")
+    assert (out / "report" / "validation" / "predictions_grid.png").is_file()
+    assert (out / "report" / "validation" / "gradcam.png").is_file()
 
 
 @pytest.mark.slow
@@ -99,6 +115,8 @@ def test_evaluate_only_keeps_the_pretrained_head_and_maps_labels_by_name(tmp_pat
     accuracy, _ = pipeline_accuracy(ckpt, colour_folders["validation"])
     assert metrics["eval_accuracy"] == pytest.approx(accuracy, abs=1e-9)
     assert not (out / "README.md").exists()  # no model was made: no card
+    assert not (out / "report" / "training_curves.png").exists()  # nor any training: the report, without curves
+    assert len(read_csv(out / "report" / "validation" / "predictions_validation.csv")) == 24
 
 
 @pytest.mark.slow
@@ -111,7 +129,10 @@ def test_labeled_test_folder_with_some_classes_is_scored_by_name(tmp_path, colou
     out, metrics = run_recipe(tmp_path, colour_folders, test_dir=test)
     assert metrics["test_samples"] == 16
     assert metrics["test_accuracy"] >= 0.8  # red scored as red, not as green
-    assert not (out / "predictions.csv").exists()
+    rows = read_csv(out / "report" / "test" / "predictions_test.csv")
+    assert [r["true_label"] for r in rows] == ["blue"] * 8 + ["red"] * 8  # the head's names, not the folder's ids
+    report = json.loads((out / "report" / "test" / "eval_report.json").read_text())
+    assert {c["class"]: c["support"] for c in report["per_class"]} == {"blue": 8, "green": 0, "red": 8}
 
 
 def test_test_folder_with_unknown_classes_is_refused(tmp_path, colour_folders):

@@ -153,6 +153,30 @@ def test_sgd_momentum_reaches_the_optimizer(tmp_path):
                                                                    "backbone/no_decay"}
 
 
+def test_final_evaluation_hands_back_top5_of_every_example_not_logits(tmp_path):
+    """(10): `evaluate()` runs `evaluation_loop`; the report gets its gathered output: 1000 classes over many
+    batches come back as examples x 5 ids and probabilities, with metrics equal to what evaluate() logged."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], layer_type="basic",
+                          num_labels=1000)
+    examples = [{"pixel_values": torch.randn(3, 16, 16), "labels": i % 1000, "example_ids": i} for i in range(60)]
+    args = FinetuneTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to="none",
+                                     use_cpu=True, dataloader_num_workers=0, eval_strategy="no")
+    card = CardInfo(base_model=None, dataset_name="tiny", dataset_id=None, labels=[str(i) for i in range(1000)],
+                    tuning="full")
+    trainer = ImageClassificationTrainer(model=ResNetForImageClassification(config), args=args, card_info=card)
+    metrics, output = trainer.evaluate_with_predictions(examples, metric_key_prefix="eval")
+    ids, probs = output.predictions
+    assert ids.shape == probs.shape == (60, 5) and output.label_ids.shape == (60,)  # 15 batches, 5 per example
+    assert np.array_equal(output.label_ids, np.arange(60))
+    assert metrics["eval_samples"] == 60 and trainer.state.log_history[-1]["eval_samples"] == 60  # logged
+    assert metrics["eval_accuracy"] == float((ids[:, 0] == output.label_ids).mean())
+    assert trainer._kept is None  # nothing held once handed over
+    assert trainer.evaluate(examples)["eval_samples"] == 60 and trainer._kept is None  # periodic ones keep nothing
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_nonfinite_loss(tmp_path, colour_folders, mode):

@@ -1,31 +1,74 @@
-"""Predictions for unlabeled test images: one CSV row per image, in dataset order."""
+"""Predictions as CSV, one row per image in the split's order (or the order given to `hf-resnet predict`).
+
+Columns: index, file (empty when streamed data does not carry it), true_label (empty when unlabeled),
+predicted_label, score, top{k}_labels and top{k}_scores (`|`-separated, best first), skipped (why an image could
+not be read; its other columns are then empty).
+"""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..inputs import file_names
+import numpy as np
+
+from ..constants import IGNORE_INDEX
+
+CHUNK = 4096
 
 
-def write_predictions(path: Path, output, dataset, labels: list[str], skipped: dict[int, str] | None = None) -> int:
-    """Columns: index, file (when known), label, score, top5_labels, top5_scores, skipped (the reason, if any).
+class PredictionsCsv:
+    """Writes rows as they come: memory does not grow with the number of images."""
 
-    `output` is `Trainer.predict`'s result with `metrics.reduce_logits` predictions ((n, k) ids, (n, k) probs).
-    Returns the number of rows written.
+    def __init__(self, path: Path, k: int):
+        self.path = Path(path)
+        self._handle = self.path.open("w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._handle)
+        self._writer.writerow(["index", "file", "true_label", "predicted_label", "score", f"top{k}_labels",
+                               f"top{k}_scores", "skipped"])
+        self.rows = 0
+
+    def write(self, index: int, file: str, true_label: str, labels: Sequence[str], scores: Sequence[float],
+              skipped: str = "") -> None:
+        if skipped or not labels:
+            self._writer.writerow([index, file, true_label, "", "", "", "", skipped or "could not be read"])
+        else:
+            self._writer.writerow([index, file, true_label, labels[0], f"{scores[0]:.6f}", "|".join(labels),
+                                   "|".join(f"{s:.6f}" for s in scores), ""])
+        self.rows += 1
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> PredictionsCsv:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_predictions(path: Path, ids: np.ndarray, probs: np.ndarray, labels: list[str],
+                      true_ids: np.ndarray | None = None, files: Iterable[str] | None = None,
+                      skipped: dict[int, str] | None = None) -> int:
+    """A split's rows from the gathered top-k class ids and probabilities ((n, k) each; `metrics.reduce_logits`).
+
+    `true_ids`: the head's label ids (None: unlabeled; -100: an image that could not be decoded). `files`: the
+    file names in row order (`inputs.iter_file_names`), None when unknown. `skipped`: index -> reason from the
+    skip report. Returns the number of rows written.
     """
-    ids, probs = output.predictions
     skipped = skipped or {}
-    files = file_names(dataset, list(range(len(ids))))
-    with Path(path).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "file", "label", "score", "top5_labels", "top5_scores", "skipped"])
-        for i, (row_ids, row_probs) in enumerate(zip(ids, probs)):
-            if i in skipped:
-                writer.writerow([i, files[i], "", "", "", "", skipped[i]])
-                continue
-            writer.writerow([
-                i, files[i], labels[row_ids[0]], f"{row_probs[0]:.6f}",
-                "|".join(labels[j] for j in row_ids), "|".join(f"{p:.6f}" for p in row_probs), "",
-            ])
-    return len(ids)
+    files = iter(files) if files is not None else None
+    with PredictionsCsv(path, ids.shape[1]) as out:
+        for start in range(0, len(ids), CHUNK):  # Python lists for a chunk at a time: fast, and bounded
+            chunk_ids, chunk_probs = ids[start : start + CHUNK].tolist(), probs[start : start + CHUNK].tolist()
+            chunk_true = None if true_ids is None else true_ids[start : start + CHUNK].tolist()
+            for offset, (row_ids, row_probs) in enumerate(zip(chunk_ids, chunk_probs)):
+                i = start + offset
+                file = next(files, "") if files is not None else ""
+                true = None if chunk_true is None else chunk_true[offset]
+                if i in skipped or true == IGNORE_INDEX:
+                    out.write(i, file, "", [], [], skipped.get(i, "could not be decoded"))
+                    continue
+                out.write(i, file, "" if true is None else labels[true], [labels[j] for j in row_ids], row_probs)
+        return out.rows

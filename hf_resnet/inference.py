@@ -1,0 +1,140 @@
+"""A model with its processor-exact eval transform: load it, preprocess files, predict the top-k with timing.
+
+`Classifier` is what `hf-resnet predict`, the report's prediction grid and Grad-CAM share (and what an export
+would start from): the model in eval mode, the checkpoint's own preprocessing (`transforms.EvalTransform`, equal
+to the image processor's on real photos), and `metrics.topk_stable` for the ranking, so a prediction here is the
+one the evaluation scored and the one `pipeline("image-classification")` gives.
+
+    classifier = Classifier.load("outputs/digits-smoke")
+    for prediction in classifier.predict_files(["a.png", "b.png"], k=5):
+        print(prediction.file, prediction.labels, prediction.scores, prediction.seconds)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import AutoModelForImageClassification
+
+from .configs import ModelArguments
+from .constants import DEFAULT_MAX_PIXELS
+from .errors import ModelLoadError
+from .images import ImageDecodeError, decode_image
+from .metrics import topk_stable
+from .modeling import load_config, load_image_processor
+from .transforms import PreprocessConfig, build_eval_transform
+
+
+@dataclass
+class Prediction:
+    """One image's top-k, or why it could not be read (`error`; then the lists are empty)."""
+
+    file: str
+    ids: list[int] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # decoding + preprocessing this image, plus its share of its batch's forward pass
+    error: str | None = None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Classifier:
+    """A classification model in eval mode with the eval transform of its image processor."""
+
+    def __init__(self, model, preprocess: PreprocessConfig, device: torch.device | str | None = None):
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.transform = build_eval_transform(preprocess)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if next(model.parameters()).device != self.device:
+            self.model.to(self.device)
+        config = model.config
+        self.labels = [config.id2label.get(i, config.id2label.get(str(i), str(i))) for i in range(config.num_labels)]
+
+    @classmethod
+    def load(cls, name_or_path: str, device: torch.device | str | None = None, revision: str = "main",
+             token: str | None = None, cache_dir: str | None = None) -> Classifier:
+        """A local folder or a Hub id (from the cache when offline), with its image processor."""
+        args = ModelArguments(model_name_or_path=name_or_path, model_revision=revision, token=token,
+                              cache_dir=cache_dir)
+        config = load_config(args)  # a clear error when neither the folder nor the Hub (nor its cache) has it
+        processor = load_image_processor(args)
+        try:
+            model = AutoModelForImageClassification.from_pretrained(
+                name_or_path, config=config, revision=revision, token=token, cache_dir=cache_dir
+            )
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(
+                f"{name_or_path!r} has a config but its weights could not be loaded ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); it needs model.safetensors beside config.json."
+            ) from err
+        try:
+            preprocess = PreprocessConfig.from_processor(processor)
+        except ValueError as err:
+            raise ModelLoadError(f"{name_or_path!r}: {err}") from err
+        return cls(model, preprocess, device if device is not None else default_device())
+
+    # Tensors -----------------------------------------------------------------------------------------------------
+
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(pixel_values=pixel_values.to(self.device)).logits.float().cpu()
+
+    def topk(self, pixel_values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, k) class ids and probabilities, best first (ties to the lower id, as in the evaluation)."""
+        return topk_stable(self.logits(pixel_values), k)
+
+    def to_display(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """Normalised model inputs (B, 3, H, W) -> the pictures the model saw, uint8 (B, H, W, 3)."""
+        mean = torch.tensor(self.preprocess.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocess.std).view(1, 3, 1, 1)
+        pixels = (pixel_values.detach().float().cpu() * std + mean) / self.preprocess.rescale_factor
+        return pixels.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    # Files -------------------------------------------------------------------------------------------------------
+
+    def predict_files(self, files: Iterable[str], k: int = 5, batch_size: int = 16,
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                      on_batch: Callable[[int], None] | None = None) -> Iterator[Prediction]:
+        """Predict image files in batches, in the order given; a file that cannot be read yields a Prediction
+        with its `error` and does not stop the others. `on_batch(n)` is told after each n files (progress)."""
+        k = min(k, len(self.labels))
+        pending: list[tuple[str, torch.Tensor | None, float, str | None]] = []
+
+        def flush() -> Iterator[Prediction]:
+            readable = [item for item in pending if item[1] is not None]
+            model_seconds = 0.0
+            if readable:
+                start = time.perf_counter()
+                ids, probs = self.topk(torch.stack([item[1] for item in readable]), k)
+                model_seconds = (time.perf_counter() - start) / len(readable)
+            rows = iter(zip(ids.tolist(), probs.tolist())) if readable else iter(())
+            for file, pixels, seconds, error in pending:
+                if pixels is None:
+                    yield Prediction(file=file, seconds=seconds, error=error)
+                    continue
+                row_ids, row_probs = next(rows)
+                yield Prediction(file=file, ids=row_ids, labels=[self.labels[i] for i in row_ids], scores=row_probs,
+                                 seconds=seconds + model_seconds)
+            if on_batch is not None:
+                on_batch(len(pending))
+            pending.clear()
+
+        for file in files:
+            start = time.perf_counter()
+            try:
+                pixels, error = self.transform(decode_image(str(file), max_pixels)), None
+            except ImageDecodeError as err:  # missing, unreadable, truncated, not an image, too large
+                pixels, error = None, str(err)
+            pending.append((str(file), pixels, time.perf_counter() - start, error))
+            if len(pending) >= batch_size:
+                yield from flush()
+        if pending:
+            yield from flush()

@@ -1,0 +1,213 @@
+"""One split's report, written by the main process after the split's final evaluation, into
+`output_dir/report/<split>/`:
+
+    eval_report.json                  metrics, per-class precision/recall/F1/support, most-confused pairs
+    confusion_matrix.csv              every class (rows: true, columns: predicted)
+    confusion_matrix.png              counts; the most-confused classes when there are more than 30
+    confusion_matrix_normalized.png   the same, as shares of each true class's images
+    predictions_<split>.csv           one row per image: file or position, true label, top-5 labels and scores
+    predictions_grid.png              16 images as the model saw them, true and predicted labels, mistakes in red
+    gradcam.png                       Grad-CAM on 4 wrong and 4 correct predictions
+
+and `output_dir/report/training_curves.png` once per run. An unlabeled split gets its predictions CSV and pictures
+without the truth. Memory: the gathered top-k ids (examples x 5), the confusion counts (classes x classes) and a
+handful of re-read images; never examples x classes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..constants import IGNORE_INDEX, REPORT_DIR
+from ..inference import Classifier
+from ..inputs import file_names, iter_file_names
+from ..metrics import confusion_counts
+from .confusion import classes_to_show, most_confused, per_class_rows, write_confusion_csv
+from .gradcam import grad_cam
+from .model_card import SplitResult
+from .plots import confusion_png, gradcam_png, predictions_grid_png, training_curves_png
+from .predictions import write_predictions
+
+logger = logging.getLogger(__name__)
+
+GRID_IMAGES = 16
+GRADCAM_IMAGES = 8
+STREAM_SCAN = 128  # a streamed split shows examples from its first images (a stream cannot be re-read by index)
+
+
+def start_report(output_dir: str | Path) -> Path:
+    """A fresh `report/` for this run: a previous run's splits must not linger beside this one's."""
+    folder = Path(output_dir) / REPORT_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _relative(path: Path, output_dir: Path) -> str:
+    return path.relative_to(output_dir).as_posix()
+
+
+def write_training_curves(output_dir: str | Path, state, load_best: bool = False) -> str | None:
+    """`report/training_curves.png` from the Trainer's log history (the best checkpoint marked when
+    `load_best_model_at_end` restored it); None, and nothing written, when nothing was trained."""
+    output_dir = Path(output_dir)
+    path = output_dir / REPORT_DIR / "training_curves.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    best = state.best_model_checkpoint if load_best else None
+    best_step = int(str(best).rstrip("/").rsplit("-", 1)[-1]) if best else None
+    return _relative(path, output_dir) if training_curves_png(path, state.log_history, best_step) else None
+
+
+# Which images the pictures show ---------------------------------------------------------------------------------
+
+
+def _pick_indices(top1: np.ndarray, true_ids: np.ndarray | None, count: int, seed: int,
+                  skipped: dict[int, str]) -> list[int]:
+    """Up to half mistakes, the rest correct (unlabeled: any readable images), drawn with `seed`; mistakes first."""
+    rng = np.random.default_rng(seed)
+    if true_ids is None:
+        readable = np.setdiff1d(np.arange(len(top1)), np.fromiter(skipped, dtype=np.int64, count=len(skipped)))
+        return sorted(rng.choice(readable, min(count, len(readable)), replace=False).tolist())
+    scored = true_ids != IGNORE_INDEX
+    wrong = np.flatnonzero(scored & (top1 != true_ids))
+    right = np.flatnonzero(scored & (top1 == true_ids))
+    n_wrong = min(len(wrong), count // 2)
+    n_right = min(len(right), count - n_wrong)
+    n_wrong = min(len(wrong), count - n_right)
+    picks = [sorted(rng.choice(group, n, replace=False).tolist()) for group, n in ((wrong, n_wrong), (right, n_right))]
+    return picks[0] + picks[1]
+
+
+def _examples_by_index(dataset, indices: list[int]) -> list[dict]:
+    names = file_names(dataset, indices)
+    return [{**dataset[i], "name": Path(name).name} for i, name in zip(indices, names)]
+
+
+def _examples_from_stream(dataset, classifier: Classifier, count: int) -> list[dict]:
+    """The first readable examples of a stream, predicted here: up to half mistakes, mistakes first."""
+    right, wrong = [], []
+    stream = iter(dataset)
+    while len(right) + len(wrong) < STREAM_SCAN:
+        batch = [e for e in itertools.islice(stream, 32) if e.get("labels", 0) != IGNORE_INDEX]
+        if not batch:
+            break
+        top1 = classifier.topk(torch.stack([e["pixel_values"] for e in batch]), 1)[0][:, 0]
+        for example, predicted in zip(batch, top1.tolist()):
+            is_wrong = "labels" in example and predicted != example["labels"]
+            (wrong if is_wrong else right).append({**example, "name": ""})
+        if len(wrong) >= count // 2 and len(right) >= count:
+            break
+    n_wrong = min(len(wrong), count // 2)
+    n_right = min(len(right), count - n_wrong)
+    return wrong[: count - n_right] + right[:n_right]
+
+
+def _pictures(folder: Path, split: str, examples: list[dict], classifier: Classifier, labels: list[str]) -> dict:
+    """predictions_grid.png and gradcam.png for the chosen examples; returns name -> path written."""
+    if not examples:
+        return {}
+    pixels = torch.stack([e["pixel_values"] for e in examples])
+    ids, probs = classifier.topk(pixels, 1)
+    images = classifier.to_display(pixels)
+    truths = [labels[e["labels"]] if "labels" in e else None for e in examples]
+    predicted = [labels[i] for i in ids[:, 0].tolist()]
+    correct = [None if t is None else t == p for t, p in zip(truths, predicted)]
+    titles = [
+        "\n".join(line for line in (f"true: {t}" if t is not None else "", f"pred: {p} ({s:.2f})", e["name"][:28])
+                  if line)
+        for t, p, s, e in zip(truths, predicted, probs[:, 0].tolist(), examples)
+    ]
+    written = {}
+    wrong_count = sum(c is False for c in correct)
+    grid_title = f"{split}: {len(examples)} images as the model sees them" + (
+        f", {wrong_count} of them mistakes (red)" if correct[0] is not None else "")
+    written["predictions_grid"] = predictions_grid_png(folder / "predictions_grid.png", images, titles, correct,
+                                                       grid_title)
+    # Grad-CAM: up to half wrong, half correct
+    wrong = [i for i, c in enumerate(correct) if c is False][: GRADCAM_IMAGES // 2]
+    others = [i for i, c in enumerate(correct) if c is not False][: GRADCAM_IMAGES - len(wrong)]
+    chosen = wrong + others
+    try:
+        cam = grad_cam(classifier.model, pixels[chosen], ids[chosen, 0])
+    except ValueError as err:  # a model without encoder stages
+        logger.warning("No Grad-CAM picture: %s", err)
+        return written
+    written["gradcam"] = gradcam_png(
+        folder / "gradcam.png", images[chosen], cam.maps.numpy(), [titles[i] for i in chosen],
+        [correct[i] for i in chosen], f"{split}: Grad-CAM for the predicted class, on {cam.stage}",
+    )
+    return written
+
+
+# The split's report ----------------------------------------------------------------------------------------------
+
+
+def write_split_report(output_dir: str | Path, split: str, predictions, label_ids: np.ndarray | None,
+                       metrics: dict, prefix: str, labels: list[str], dataset, classifier: Classifier,
+                       skipped: dict[int, str] | None = None, seed: int = 0) -> SplitResult | None:
+    """Write `report/<split>/` from the gathered predictions ((n, k) top-k ids and probabilities) and label ids
+    (head ids; -100 for images that could not be decoded; None when the split is unlabeled). `metrics` are the
+    Trainer's, keyed `<prefix>_accuracy` etc. Returns what the model card shows of it (None when unlabeled)."""
+    output_dir = Path(output_dir)
+    folder = output_dir / REPORT_DIR / split
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    skipped = skipped or {}
+    ids, probs = (np.asarray(p) for p in predictions)
+    true_ids = None if label_ids is None else np.asarray(label_ids).astype(np.int64).ravel()
+    files: dict[str, str] = {}
+
+    names = iter_file_names(dataset)
+    csv_path = folder / f"predictions_{split}.csv"
+    rows = write_predictions(csv_path, ids, probs, labels, true_ids=true_ids, files=names, skipped=skipped)
+    files["predictions"] = _relative(csv_path, output_dir)
+
+    figures: dict[str, str] = {}
+    result = None
+    if true_ids is not None:
+        counts = confusion_counts(true_ids, ids[:, 0], len(labels))
+        write_confusion_csv(folder / "confusion_matrix.csv", counts, labels)
+        shown = classes_to_show(counts)
+        subset = counts[np.ix_(shown, shown)]
+        support = counts.sum(axis=1)[shown]
+        what = "" if len(shown) == len(labels) else f", the {len(shown)} most-confused of {len(labels)} classes"
+        for name, normalize in (("confusion_matrix", False), ("confusion_matrix_normalized", True)):
+            path = confusion_png(folder / f"{name}.png", subset, [labels[i] for i in shown], support, normalize,
+                                 f"{split}: {int(counts.sum())} images{what}"
+                                 + (" (share of each true class)" if normalize else ""))
+            figures[name] = _relative(path, output_dir)
+        plain = {k.removeprefix(f"{prefix}_"): v for k, v in metrics.items() if k.startswith(f"{prefix}_")}
+        result = SplitResult(split=split, metrics=plain, per_class=per_class_rows(counts, labels),
+                             most_confused=most_confused(counts, labels))
+        report = {
+            "split": split,
+            "metrics": metrics,
+            "images": rows,
+            "scored": int(counts.sum()),
+            "skipped": int((true_ids == IGNORE_INDEX).sum()),
+            "rows_identified_by": "file" if names is not None else
+            "position in the evaluated stream (streamed data does not carry file names)",
+            "per_class": result.per_class,
+            "most_confused": result.most_confused,
+        }
+        (folder / "eval_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        files = {"eval_report": _relative(folder / "eval_report.json", output_dir),
+                 "confusion_matrix_csv": _relative(folder / "confusion_matrix.csv", output_dir), **files}
+
+    if names is not None:
+        examples = _examples_by_index(dataset, _pick_indices(ids[:, 0], true_ids, GRID_IMAGES, seed, skipped))
+    else:
+        examples = _examples_from_stream(dataset, classifier, GRID_IMAGES)
+    for name, path in _pictures(folder, split, examples, classifier, labels).items():
+        figures[name] = _relative(path, output_dir)
+    logger.info("Wrote the %s report (%d predictions, %s) to %s", split, rows, ", ".join(sorted(figures)), folder)
+    if result is not None:
+        result.figures, result.files = figures, files
+    return result
