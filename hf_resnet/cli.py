@@ -2,9 +2,12 @@
 answers at once.
 
     hf-resnet train --config smoke/digits_smoke      fine-tune (the same run as recipes/finetune.py)
+    hf-resnet evaluate MODEL --validation_dir DIR    the full report for a model, without training
+    hf-resnet predict MODEL IMAGE_OR_FOLDER...       top-k labels, probabilities and time per image
     hf-resnet audit DATA                             check an image folder before training
 
-Exit codes: 0 done and nothing wrong, 1 the job found problems, 2 bad usage (the message names the fix).
+Exit codes: 0 done and nothing wrong, 1 the job found problems (e.g. unreadable images), 2 bad usage (the
+message names the fix).
 """
 
 from __future__ import annotations
@@ -62,11 +65,183 @@ def _audit(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+# evaluate -----------------------------------------------------------------------------------------------------------
+
+EVALUATE_OPTIONS = (  # (flag, metavar, help): the fields people set; any other `hf-resnet train` field is accepted
+    ("--dataset_name", "NAME", "Hub dataset id (e.g. ILSVRC/imagenet-1k) whose validation split is scored"),
+    ("--dataset_config_name", "NAME", "configuration of the Hub dataset"),
+    ("--validation_dir", "DIR", "image folder to score, one sub-folder per class (instead of --dataset_name)"),
+    ("--test_dir", "DIR", "a second folder to score (class sub-folders) or predict (flat) as the test split"),
+    ("--streaming", "true|false", "read the dataset as a stream: nothing downloaded up front (default false)"),
+    ("--output_dir", "DIR", "where the report goes (default: ./eval-<model folder or repo name>)"),
+    ("--per_device_eval_batch_size", "N", "images per forward pass and device (default 8)"),
+    ("--max_eval_samples", "N", "score only the first N images"),
+    ("--dataloader_num_workers", "N", "processes decoding images (default 2)"),
+    ("--token", "TOKEN", "Hub token for gated models or datasets"),
+    ("--push_to_hub", "true|false", "upload report/ and the results JSON to --hub_model_id (default false)"),
+    ("--hub_model_id", "OWNER/NAME", "the Hub repo the report goes to"),
+    ("--hub_private_repo", "true|false", "create that repo private"),
+    ("--config", "RECIPE", "a YAML recipe (path or shipped name) for any other field"),
+)
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("model", metavar="MODEL", help="local model folder or Hub id (from the cache when "
+                        "HF_HUB_OFFLINE=1), e.g. outputs/digits-smoke or microsoft/resnet-50")
+    for flag, metavar, text in EVALUATE_OPTIONS:
+        parser.add_argument(flag, metavar=metavar, help=text)
+    return parser
+
+
+def _evaluate_parser() -> argparse.ArgumentParser:
+    return _evaluate_arguments(argparse.ArgumentParser(
+        prog="hf-resnet evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=EVALUATE_DESCRIPTION))
+
+
+EVALUATE_DESCRIPTION = """\
+Score MODEL on a labeled split without training and write the full report into --output_dir: eval_results.json,
+report/<split>/ with eval_report.json (metrics, per-class precision/recall/F1, most-confused pairs),
+confusion_matrix.csv/.png, predictions_<split>.csv, predictions_grid.png and gradcam.png.
+
+The dataset's class names must be the model's (its head is kept and labels are mapped by name); any other field
+of `hf-resnet train` is accepted too (e.g. --image_column_name img). Examples:
+
+  hf-resnet evaluate outputs/digits-smoke --validation_dir data/val
+  hf-resnet evaluate microsoft/resnet-50 --dataset_name ILSVRC/imagenet-1k --streaming true \\
+      --per_device_eval_batch_size 256 --dataloader_num_workers 8
+"""
+
+
+def _evaluate(argv: list[str]) -> int:
+    known, rest = _evaluate_parser().parse_known_args(argv)
+    forwarded = ["--model_name_or_path", known.model, "--do_train", "false", "--do_eval", "true"]
+    for flag, _, _ in EVALUATE_OPTIONS:
+        value = getattr(known, flag.lstrip("-"))
+        if value is not None:
+            forwarded += [flag, value]
+    if known.output_dir is None:
+        name = Path(known.model.rstrip("/")).name or "model"
+        forwarded += ["--output_dir", f"eval-{name}"]
+    return train(forwarded + rest)
+
+
+# predict ------------------------------------------------------------------------------------------------------------
+
+
+def _image_files(paths: list[str]) -> tuple[list[str], list[str]]:
+    """The images named or found (recursively) in folders, in order; and the arguments that are neither."""
+    from .folders import list_images
+
+    files, missing = [], []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = list_images(path)
+            files += [str(p) for p in found]
+            if not found:
+                missing.append(f"{name}: a folder without images")
+        elif path.is_file():
+            files.append(name)
+        else:
+            missing.append(f"{name}: no such file or folder")
+    return files, missing
+
+
+def _format_prediction(prediction, width: int) -> str:
+    if prediction.error:
+        return f"{prediction.file}: cannot read it ({prediction.error})"
+    lines = [f"{prediction.file}  computation time {prediction.seconds * 1000:.1f} ms"]
+    lines += [f"  {label:<{width}}  {score:.4f}" for label, score in zip(prediction.labels, prediction.scores)]
+    return "\n".join(lines)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+    import transformers
+    from tqdm.auto import tqdm
+
+    from .errors import HfResnetError
+    from .inference import Classifier
+    from .reports.predictions import PredictionsCsv
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" would come before every answer
+    files, missing = _image_files(args.images)
+    for line in missing:
+        print(line, file=sys.stderr)
+    if not files:
+        print("hf-resnet predict: no image to predict; pass image files or folders that hold images.", file=sys.stderr)
+        return 2
+    try:
+        device = torch.device(args.device) if args.device else None
+        classifier = Classifier.load(args.model, device=device, revision=args.revision, token=args.token)
+    except (HfResnetError, RuntimeError) as err:
+        print(f"hf-resnet predict: {err}", file=sys.stderr)
+        return 2
+    k = min(args.top_k, len(classifier.labels))
+    width = max(len(label) for label in classifier.labels)
+    output = PredictionsCsv(args.output, k) if args.output else None
+    progress = tqdm(total=len(files), unit="image", file=sys.stderr,
+                    disable=len(files) <= args.batch_size or not sys.stderr.isatty())
+    failed, start = 0, time.perf_counter()
+    try:
+        for index, prediction in enumerate(classifier.predict_files(files, k=k, batch_size=args.batch_size,
+                                                                    max_pixels=args.max_image_pixels or None,
+                                                                    on_batch=progress.update)):
+            failed += prediction.error is not None
+            progress.write(_format_prediction(prediction, width), file=sys.stdout)
+            if output is not None:
+                output.write(index, prediction.file, "", prediction.labels, prediction.scores, prediction.error or "")
+    finally:
+        progress.close()
+        if output is not None:
+            output.close()
+    seconds = time.perf_counter() - start
+    read = len(files) - failed
+    print(f"{read} image(s) in {seconds:.2f} s: {1000 * seconds / max(read, 1):.1f} ms per image including decoding "
+          f"(batch {args.batch_size}, {classifier.device}"
+          + (f", {torch.get_num_threads()} CPU thread(s))" if classifier.device.type == "cpu" else ")")
+          + (f"; {failed} could not be read" if failed else "")
+          + (f"; written to {args.output}" if args.output else ""))
+    return 1 if failed or missing else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-resnet", description="Fine-tune and check HF ResNet image classifiers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("train", add_help=False, help="fine-tune with a YAML recipe: hf-resnet train --config "
                         "smoke/digits_smoke (`hf-resnet train --help` lists every field)")
+    _evaluate_arguments(commands.add_parser(
+        "evaluate", help="write the full evaluation report for a model, without training",
+        description=EVALUATE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
+    predict = commands.add_parser(
+        "predict", help="top-k labels, probabilities and time per image for image files or folders",
+        description="Print each image's top-k labels with their probabilities and its computation time (decoding, "
+        "preprocessing and its share of the batch's forward pass). Folders are searched recursively and predicted "
+        "in batches. A file that cannot be read gets its own line and exit code 1; the others are still predicted.")
+    predict.add_argument("model", metavar="MODEL", help="local model folder or Hub id (from the cache when "
+                         "HF_HUB_OFFLINE=1)")
+    predict.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files and/or folders")
+    predict.add_argument("--top_k", type=_positive, default=5, metavar="K", help="labels shown per image (default 5)")
+    predict.add_argument("--batch_size", type=_positive, default=16, metavar="N",
+                         help="images per forward pass (default 16)")
+    predict.add_argument("--output", metavar="CSV", help="also write every prediction to this CSV file (columns: "
+                         "index, file, true_label (empty), predicted_label, score, topK labels and scores, skipped)")
+    predict.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    predict.add_argument("--revision", default="main", metavar="REV", help="branch, tag or commit of a Hub model")
+    predict.add_argument("--token", metavar="TOKEN", help="Hub token for a gated or private model")
+    predict.add_argument("--max-image-pixels", dest="max_image_pixels", type=_pixels, default=DEFAULT_MAX_PIXELS,
+                         metavar="N", help=f"refuse images over N pixels (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
+    predict.set_defaults(run=_predict)
     audit = commands.add_parser("audit", help="check an image-folder dataset before training", description=(
         "Check DATA (train/, val/|validation/|valid/, test/ with one sub-folder per class, or one class-folder tree) "
         "for undecodable files, duplicates, leaks, missing or tiny classes, modes and sizes. Exit 0: no problems, "
@@ -115,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # the recipe parser owns every flag after `train`
         return train(argv[1:])
+    if argv[:1] == ["evaluate"]:  # its own flags, then any `train` field, for the recipe parser
+        return _evaluate(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 
