@@ -23,6 +23,7 @@ _PUBLIC = {
     "load_image_data": "data",
     "build_model": "modeling",
     "ImageClassificationTrainer": "trainer",
+    "Classifier": "inference",
     "audit_folder": "reports.audit",
     "HfResnetError": "errors",
     "ConfigError": "errors",

@@ -189,6 +189,7 @@ def _predict(args: argparse.Namespace) -> int:
         return 2
     k = min(args.top_k, len(classifier.labels))
     width = max(len(label) for label in classifier.labels)
+    classifier.warm_up()  # not billed to the first image
     output = PredictionsCsv(args.output, k) if args.output else None
     progress = tqdm(total=len(files), unit="image", file=sys.stderr,
                     disable=len(files) <= args.batch_size or not sys.stderr.isatty())

@@ -84,12 +84,18 @@ class Classifier:
     # Tensors -----------------------------------------------------------------------------------------------------
 
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype  # bf16_full_eval leaves the model in bfloat16
         with torch.inference_mode():
-            return self.model(pixel_values=pixel_values.to(self.device)).logits.float().cpu()
+            return self.model(pixel_values=pixel_values.to(self.device, dtype)).logits.float().cpu()
 
     def topk(self, pixel_values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, k) class ids and probabilities, best first (ties to the lower id, as in the evaluation)."""
         return topk_stable(self.logits(pixel_values), k)
+
+    def warm_up(self) -> None:
+        """One forward pass on a blank input: the first call pays for kernel selection and allocations (a few
+        hundred ms on a CPU), which would otherwise land on the first image's time."""
+        self.logits(torch.zeros(1, 3, *self.preprocess.crop_size))
 
     def to_display(self, pixel_values: torch.Tensor) -> np.ndarray:
         """Normalised model inputs (B, 3, H, W) -> the pictures the model saw, uint8 (B, H, W, 3)."""

@@ -45,13 +45,13 @@ def grad_cam(model, pixel_values: torch.Tensor, class_ids: torch.Tensor, min_cel
         return hook
 
     hooks = [stage.register_forward_hook(keep(i)) for i, stage in enumerate(stages)]
-    device = next(model.parameters()).device
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     was_training = model.training
     model.eval()
     try:
         with torch.enable_grad():
             # The input asks for a gradient so the stages' outputs carry one even when the backbone is frozen.
-            inputs = pixel_values.detach().to(device).requires_grad_(True)
+            inputs = pixel_values.detach().to(device, dtype).requires_grad_(True)
             logits = model(pixel_values=inputs).logits
             index = next((i for i in reversed(range(len(stages))) if min(outputs[i].shape[-2:]) >= min_cells),
                          len(stages) - 1)

@@ -4,6 +4,7 @@ and images come from the caller."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,17 +93,17 @@ def training_curves_png(path: Path, log_history: list[dict], best_step: int | No
     loss_axes.set_xlabel("optimizer step")
     loss_axes.set_ylabel("cross-entropy loss")
     loss_axes.set_title("Loss")
-    plotted = False
+    lowest = 1.0
     for key, name, colour in (("eval_accuracy", "eval top-1 accuracy", "#1a7f37"),
                               ("eval_top5_accuracy", "eval top-5 accuracy", "#8250df"),
                               ("eval_f1_macro", "eval macro F1", "#bf8700")):
         steps, values = _history_points(log_history, key)
         if steps:
             metric_axes.plot(steps, values, "o-", label=name, color=colour, linewidth=1.4, markersize=4)
-            plotted = True
+            lowest = min(lowest, *values)
     metric_axes.set_xlabel("optimizer step")
-    metric_axes.set_title("Evaluation" if plotted else "Evaluation (none during training)")
-    metric_axes.set_ylim(0, 1.02)
+    metric_axes.set_title("Evaluation" if metric_axes.lines else "Evaluation (none during training)")
+    metric_axes.set_ylim(max(0.0, math.floor(lowest * 10 - 0.2) / 10), 1.01)  # from just below the lowest point
     for axes in (loss_axes, metric_axes):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if best_step is not None:
