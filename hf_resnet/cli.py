@@ -170,6 +170,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .errors import HfResnetError
+    from .hub import settle_offline_mode
     from .inference import Classifier
     from .reports.predictions import PredictionsCsv
 
@@ -181,9 +182,11 @@ def _predict(args: argparse.Namespace) -> int:
     if not files:
         print("hf-resnet predict: no image to predict; pass image files or folders that hold images.", file=sys.stderr)
         return 2
+    settle_offline_mode([args.model])  # no Hub: a cached model loads at once, a missing one fails at once
     try:
         device = torch.device(args.device) if args.device else None
-        classifier = Classifier.load(args.model, device=device, revision=args.revision, token=args.token)
+        classifier = Classifier.load(args.model, device=device, revision=args.revision, token=args.token,
+                                     allow_pickle_weights=args.allow_pickle_weights)
     except (HfResnetError, RuntimeError) as err:
         print(f"hf-resnet predict: {err}", file=sys.stderr)
         return 2
@@ -240,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     predict.add_argument("--revision", default="main", metavar="REV", help="branch, tag or commit of a Hub model")
     predict.add_argument("--token", metavar="TOKEN", help="Hub token for a gated or private model")
+    predict.add_argument("--allow_pickle_weights", action="store_true", help="also load weights stored only as "
+                         "pickle (pytorch_model.bin), which can run code: only for models you trust")
     predict.add_argument("--max-image-pixels", dest="max_image_pixels", type=_pixels, default=DEFAULT_MAX_PIXELS,
                          metavar="N", help=f"refuse images over N pixels (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     predict.set_defaults(run=_predict)

@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers import AutoModelForImageClassification
 
 from .configs import ModelArguments
 from .constants import DEFAULT_MAX_PIXELS
 from .errors import ModelLoadError
 from .images import ImageDecodeError, decode_image
 from .metrics import topk_stable
-from .modeling import load_config, load_image_processor
+from .modeling import build_model, load_config, load_image_processor
 from .transforms import PreprocessConfig, build_eval_transform
 
 
@@ -60,21 +59,15 @@ class Classifier:
 
     @classmethod
     def load(cls, name_or_path: str, device: torch.device | str | None = None, revision: str = "main",
-             token: str | None = None, cache_dir: str | None = None) -> Classifier:
-        """A local folder or a Hub id (from the cache when offline), with its image processor."""
+             token: str | None = None, cache_dir: str | None = None, allow_pickle_weights: bool = False) -> Classifier:
+        """A local folder or a Hub id (from the cache when offline), with its image processor and its own head,
+        loaded as training loads a checkpoint (safetensors only unless `allow_pickle_weights`; no remote code)."""
         args = ModelArguments(model_name_or_path=name_or_path, model_revision=revision, token=token,
-                              cache_dir=cache_dir)
+                              cache_dir=cache_dir, allow_pickle_weights=allow_pickle_weights)
         config = load_config(args)  # a clear error when neither the folder nor the Hub (nor its cache) has it
         processor = load_image_processor(args)
-        try:
-            model = AutoModelForImageClassification.from_pretrained(
-                name_or_path, config=config, revision=revision, token=token, cache_dir=cache_dir
-            )
-        except (OSError, ValueError) as err:
-            raise ModelLoadError(
-                f"{name_or_path!r} has a config but its weights could not be loaded ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}); it needs model.safetensors beside config.json."
-            ) from err
+        labels = [config.id2label.get(i, config.id2label.get(str(i), str(i))) for i in range(config.num_labels)]
+        model = build_model(args, labels, config, label_map=list(range(len(labels))))  # the head is kept
         try:
             preprocess = PreprocessConfig.from_processor(processor)
         except ValueError as err:

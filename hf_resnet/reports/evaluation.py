@@ -165,6 +165,10 @@ def write_split_report(output_dir: str | Path, split: str, predictions, label_id
     files: dict[str, str] = {}
 
     names = iter_file_names(dataset)
+    if names is None:
+        # A stream's skip records carry each DataLoader worker's own example count, not the row's position: the
+        # rows of a labeled stream are marked by their -100 label instead (unlabeled ones cannot be told apart).
+        skipped = {}
     csv_path = folder / f"predictions_{split}.csv"
     rows = write_predictions(csv_path, ids, probs, labels, true_ids=true_ids, files=names, skipped=skipped)
     files["predictions"] = _relative(csv_path, output_dir)

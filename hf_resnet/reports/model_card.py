@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..hub import is_hub_id, is_offline
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).parents[1] / "templates" / "model_card.md"
@@ -37,11 +39,6 @@ CARD_METRICS = {
 }
 SPLIT_TITLES = {"validation": "Validation split", "test": "Test split"}
 PER_CLASS_ROWS = 20  # up to this many classes the card lists them all; beyond, the lowest-F1 half of it
-
-
-def is_hub_id(name: str | None) -> bool:
-    """`owner/name` or a legacy bare id, not a local path and not one of our `bundled:` assets."""
-    return bool(name) and ":" not in name and not os.path.exists(name) and not name.startswith((".", "/", "~"))
 
 
 def dataset_title(dataset_name: str | None, source: str) -> str:
@@ -90,12 +87,12 @@ def base_model_license(name: str | None, revision: str = "main", token: str | No
             return ModelCard.load(card).data.license if card.is_file() else None
         if not is_hub_id(name):
             return None
-        from huggingface_hub import HfApi, constants, try_to_load_from_cache
+        from huggingface_hub import HfApi, try_to_load_from_cache
 
         cached = try_to_load_from_cache(name, "README.md", cache_dir=cache_dir, revision=revision)
         if isinstance(cached, str):
             return ModelCard.load(cached).data.license
-        if constants.HF_HUB_OFFLINE:
+        if is_offline():
             return None
         info = HfApi().model_info(name, revision=revision, token=token, timeout=5)
         card_data = info.card_data

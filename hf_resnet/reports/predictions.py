@@ -68,7 +68,7 @@ def write_predictions(path: Path, ids: np.ndarray, probs: np.ndarray, labels: li
                 file = next(files, "") if files is not None else ""
                 true = None if chunk_true is None else chunk_true[offset]
                 if i in skipped or true == IGNORE_INDEX:
-                    out.write(i, file, "", [], [], skipped.get(i, "could not be decoded"))
+                    out.write(i, file, "", [], [], skipped.get(i, "could not be decoded (see skipped_images.json)"))
                     continue
                 out.write(i, file, "" if true is None else labels[true], [labels[j] for j in row_ids], row_probs)
         return out.rows
