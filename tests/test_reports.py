@@ -202,3 +202,26 @@ def test_the_split_files_are_disjoint_and_the_card_carries_every_split(run_with_
                  "report/training_curves.png"):
         assert f"]({link})" in card and (out / link).is_file()
     assert "20% of train, held out stratified by class" in card
+
+
+@pytest.mark.slow
+def test_the_pictures_are_drawn_with_the_weights_that_were_scored_and_saved(tmp_path, colour_folders, monkeypatch):
+    """With `ema_decay`, evaluation scores (and save_model writes) the average of the weights, not the last
+    ones: the report's grid and Grad-CAM must use that average too."""
+    from safetensors.torch import load_file
+
+    import hf_resnet.run
+
+    drawn = []
+
+    class Recording(Classifier):
+        def __init__(self, model, *args, **kwargs):
+            drawn.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            super().__init__(model, *args, **kwargs)
+
+    monkeypatch.setattr(hf_resnet.run, "Classifier", Recording)
+    out = tmp_path / "out"
+    finetune(recipe_args(out, colour_folders, num_train_epochs="2", ema_decay="0.5", ema_warmup="false"))
+    saved = load_file(str(out / "model.safetensors"))
+    assert len(drawn) == 1
+    assert all(torch.equal(drawn[0][name], saved[name]) for name in saved), "pictures drawn with other weights"
