@@ -46,8 +46,7 @@ class ModelArguments:
     license: str | None = field(
         default=None,
         metadata={
-            "help": "License of the fine-tuned model, written into its card (a Hub license id such as apache-2.0); "
-            "defaults to the base model's, read from its card."
+            "help": "Model card license, e.g. mit (default: the base model's)."
         },
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
@@ -376,9 +375,8 @@ class DataArguments:
     test_split: float | None = field(
         default=None,
         metadata={
-            "help": "Share of train split off (stratified, seeded) as a labeled test split, scored at the end like "
-            "validation, with its own report. Both shares are of the whole train split: `test_split: 0.1` with "
-            "`train_val_split: 0.1` cuts one folder into 80/10/10."
+            "help": "Share of train held out (stratified, seeded) as a scored test split; with train_val_split "
+            "0.1, 0.1 gives 80/10/10."
         },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training examples."})
