@@ -272,6 +272,7 @@ def train(argv: list[str] | None = None) -> int:
         from .run import main as run
 
         run(*arguments)
+        _end_distributed()
     except HfResnetError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -279,6 +280,14 @@ def train(argv: list[str] | None = None) -> int:
         _interrupted(arguments[-1].output_dir if "arguments" in locals() else None)
         raise SystemExit(130) from None
     return 0
+
+
+def _end_distributed() -> None:
+    """Leave the process group cleanly (a gloo process that exits with it open can abort at exit)."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _interrupted(output_dir: str | None) -> None:

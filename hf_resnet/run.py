@@ -208,4 +208,5 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
         trainer.push_to_hub(commit_message="hf-resnet: fine-tuned model, processor, metrics, report and card")
     elif training_args.push_to_hub:
         trainer.push_report()
+    trainer.accelerator.wait_for_everyone()  # no process leaves while the main one still writes (gloo aborts)
     return metrics

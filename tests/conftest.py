@@ -11,6 +11,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_CACHE"] = str(Path(_CACHE) / "datasets")
 os.environ["HF_RESNET_CACHE"] = str(Path(_CACHE) / "hf_resnet")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread per test process: on 2 cores, tiny models spend most of their time in threads waiting for
+# each other (a tiny run took 27 s with 2 threads, 2 s with one); subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
