@@ -211,7 +211,7 @@ SECTIONS = (
 )
 
 
-def _describe(name: str, field: dataclasses.Field, width: int = 100) -> str:
+def _describe(name: str, field: dataclasses.Field, width: int = 118) -> str:
     default = field.default if field.default is not dataclasses.MISSING else (
         field.default_factory() if field.default_factory is not dataclasses.MISSING else None
     )
@@ -227,7 +227,7 @@ def _describe(name: str, field: dataclasses.Field, width: int = 100) -> str:
 
 def summary_help() -> str:
     """`--help`: usage and examples, every field hf-resnet adds, and the Trainer fields people change."""
-    recipes = textwrap.fill(", ".join(shipped_recipes()), 100, initial_indent=" " * 36, subsequent_indent=" " * 36)
+    recipes = textwrap.fill(", ".join(shipped_recipes()), 118, initial_indent=" " * 36, subsequent_indent=" " * 36)
     out = [USAGE.format(recipes=recipes)]
     training = {f.name: f for f in dataclasses.fields(FinetuneTrainingArguments)}
     sections = [(title, dataclasses.fields(dtype)) for title, dtype in SECTIONS]
