@@ -16,7 +16,7 @@ __version__ = "0.2.0"
 _PUBLIC = {
     "ModelArguments": "configs",
     "DataArguments": "configs",
-    "StrategyArguments": "configs",
+    "StrategyArguments": "strategy_config",
     "FinetuneTrainingArguments": "configs",
     "parse_args": "parser",
     "main": "run",

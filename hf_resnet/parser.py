@@ -24,8 +24,9 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments, StrategyArguments
+from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from .errors import ConfigError
+from .strategy_config import StrategyArguments
 
 RECIPES = Path(__file__).parent / "recipes"
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, StrategyArguments, FinetuneTrainingArguments)

@@ -21,7 +21,7 @@ from transformers.trainer_utils import EvalLoopOutput, set_seed
 
 from .callbacks import FileModesCallback, SkippedImagesCallback
 from .checkpoints import fix_file_modes, resume_checkpoint
-from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments, StrategyArguments
+from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from .constants import TEST_SPLIT
 from .data import ImageData, load_image_data, plan_streamed_steps
 from .hub import settle_offline_mode
@@ -33,6 +33,7 @@ from .reports.evaluation import start_report, write_split_report, write_training
 from .reports.model_card import CardInfo, base_model_license, dataset_title, run_hyperparameters
 from .skips import build_report, publish, skipped_indices, start_afresh
 from .strategies import plan_strategy
+from .strategy_config import StrategyArguments
 from .trainer import ImageClassificationTrainer
 from .transforms import PreprocessConfig
 

@@ -33,10 +33,10 @@ from datasets import Dataset, IterableDataset
 from torch import nn
 
 from .balance import BalancedSampler, inverse_frequency, label_counts, read_labels
-from .configs import SELECTOR_HELP, StrategyArguments
 from .errors import ConfigError
 from .losses import TrainingLoss
 from .modeling import HEAD_PREFIXES, is_head
+from .strategy_config import SELECTOR_HELP, StrategyArguments
 
 logger = logging.getLogger(__name__)
 

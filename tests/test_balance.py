@@ -10,10 +10,11 @@ from conftest import COLOURS, make_image_folder
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_resnet.balance import BalancedSampler, inverse_frequency, label_counts, read_labels
-from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, StrategyArguments
+from hf_resnet.configs import DataArguments, FinetuneTrainingArguments
 from hf_resnet.data import load_image_data
 from hf_resnet.errors import ConfigError
 from hf_resnet.strategies import plan_strategy
+from hf_resnet.strategy_config import StrategyArguments
 
 SKEW = {"blue": 2, "green": 4, "red": 12}  # 18 images, 3 classes
 

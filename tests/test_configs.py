@@ -2,8 +2,9 @@
 
 import pytest
 
-from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArguments, StrategyArguments
+from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from hf_resnet.errors import ConfigError
+from hf_resnet.strategy_config import StrategyArguments
 
 
 def test_bogus_tuning():

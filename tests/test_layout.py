@@ -11,7 +11,7 @@ PACKAGE = Path(hf_resnet.__file__).parent
 LAYERS = [
     ["constants", "errors"],
     ["bundled", "folders", "images", "hub"],
-    ["configs"],
+    ["configs", "strategy_config"],
     ["parser", "data", "transforms", "skips", "metrics", "checkpoints", "losses", "ema", "optim"],
     ["inputs", "modeling", "preflight", "balance"],
     ["strategies", "inference", "reports.model_card", "reports.predictions", "reports.audit", "reports.confusion",

@@ -237,8 +237,8 @@ def test_push_uploads_model_card_report_and_pictures_privately_and_evaluation_pu
 
 
 def test_the_card_lists_what_the_strategy_changed_and_the_heads_rate():
-    from hf_resnet.configs import StrategyArguments
     from hf_resnet.reports.model_card import run_hyperparameters
+    from hf_resnet.strategy_config import StrategyArguments
 
     sgd = FinetuneTrainingArguments(output_dir="unused", optim="sgd", learning_rate=0.01)
     shown = run_hyperparameters(StrategyArguments(head_learning_rate=0.1, mixup_alpha=0.2), sgd, {"image_size": 224})

@@ -88,8 +88,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.nn.functional as F
     from transformers import ResNetConfig, ResNetForImageClassification
 
-    from hf_resnet.configs import StrategyArguments
     from hf_resnet.strategies import param_groups, plan_freezing
+    from hf_resnet.strategy_config import StrategyArguments
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

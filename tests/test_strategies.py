@@ -9,7 +9,6 @@ from conftest import finetune, recipe_args, save_checkpoint
 from safetensors.torch import load_file
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from hf_resnet.configs import StrategyArguments
 from hf_resnet.errors import ConfigError
 from hf_resnet.strategies import (
     add_head_dropout,
@@ -20,6 +19,7 @@ from hf_resnet.strategies import (
     select,
     set_frozen,
 )
+from hf_resnet.strategy_config import StrategyArguments
 
 
 def tiny_resnet(num_labels=3) -> ResNetForImageClassification:
