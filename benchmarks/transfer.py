@@ -2,7 +2,7 @@
 
     python benchmarks/transfer.py [--per-class 10 30 100] [--seeds 5] [--epochs 10] [--out /tmp/hf-resnet-transfer]
 
-1. Pre-train the smoke ResNet (`bundled:resnet-smoke`, 0.7M parameters, 32x32 inputs) from scratch on digits 0-4
+1. Pre-train the smoke ResNet (`bundled:resnet-smoke`, 310,746 parameters, 32x32 inputs) from scratch on digits 0-4
    of the bundled digits (all their training images).
 2. Fine-tune it on digits 5-9, a different task, from `--per-class` training images per digit (a few-shot
    subset drawn per seed), with each strategy below, at the same budget: `--epochs` epochs of batch 32, the

@@ -3,6 +3,7 @@
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -55,8 +56,11 @@ def test_evaluate_runs_the_recipe_without_training(monkeypatch):
 def test_an_installed_wheel_trains_from_a_shipped_recipe(tmp_path):
     """Build the wheel, install it outside the repository (no editable link), and run `hf-resnet train` with a
     recipe name: the recipes and the card template travel inside the package."""
-    wheels, site, out = tmp_path / "wheels", tmp_path / "site", tmp_path / "out"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+    wheels, site, out, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "out", tmp_path / "source"
+    # built from a copy: a build in the repository would leave build/ there, whose stale files a later wheel takes
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info",
+                                                                  "__pycache__", "outputs", ".pytest_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
                    check=True, capture_output=True, timeout=300)
     wheel = next(wheels.glob("hf_resnet-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
