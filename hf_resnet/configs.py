@@ -63,6 +63,14 @@ class ModelArguments:
                           "the new head from those rows of the pretrained classifier instead of random weights."},
     )
 
+    channels_last: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Lay the weights and each batch out channels-last (NHWC), which GPU convolutions run fastest in "
+            "(ResNet-50 bf16 on an H200: 4,714 against 2,449 images/s). Default: on with a GPU, off on a CPU."
+        },
+    )
+
     allow_pickle_weights: bool = field(
         default=False,
         metadata={
@@ -178,6 +186,12 @@ class DataArguments:
         default=0.0,
         metadata={"help": "Probability of erasing a random rectangle of the normalised image (timm uses 0.25)."},
     )
+    gpu_decode: bool = field(
+        default=False,
+        metadata={"help": "Decode JPEGs on the GPU in batches (nvJPEG) and resize, crop, flip and normalise there; "
+                          "the DataLoader workers only read the files. For when the CPU cannot keep up with the GPU. "
+                          "Other files (PNG, CMYK...) are decoded by the workers. Supports crop and flip only."},
+    )
 
     def __post_init__(self):
         check_bundled(self.dataset_name, "dataset", "dataset_name")
@@ -214,6 +228,14 @@ class DataArguments:
             raise ConfigError(f"`rand_augment_magnitude` must be 0-30, got {self.rand_augment_magnitude}.")
         if not 0.0 <= self.rotation_degrees <= 180.0:
             raise ConfigError(f"`rotation_degrees` must be 0-180, got {self.rotation_degrees}.")
+        if self.gpu_decode:
+            on_cpu = [name for name in ("color_jitter", "rotation_degrees", "translate", "random_erasing")
+                      if getattr(self, name)] + (["auto_augment"] if self.auto_augment != "none" else [])
+            if on_cpu:
+                raise ConfigError(
+                    f"`gpu_decode: true` does the random crop and flip on the GPU, but not {', '.join(on_cpu)}; set "
+                    f"{' and '.join(f'`{name}`' for name in on_cpu)} to 0 / none, or `gpu_decode: false`."
+                )
 
 
 @dataclass

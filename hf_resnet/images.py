@@ -14,10 +14,18 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+try:
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # a torchvision without image decoding (deprecated in 0.29 for TorchCodec): Pillow decodes
+    decode_jpeg = None
 
 from .constants import DEFAULT_MAX_PIXELS
 
@@ -94,6 +102,61 @@ def decode_image(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Im
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", describe(value), reason)
         raise ImageDecodeError(f"{type(err).__name__}: {reason}") from err
+
+
+def decode_tensor(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """`decode_image`, as a uint8 (3, H, W) tensor. Upright RGB or grayscale JPEGs (most photo datasets) are
+    decoded by torchvision's libjpeg-turbo straight into the tensor, skipping Pillow's image object and the copy
+    out of it (the pixels are Pillow's: tests compare them); every other file, and any error, goes through
+    `decode_image`, so odd images get the same RGB and broken ones the same reason."""
+    jpeg = plain_jpeg(value, max_pixels) if decode_jpeg is not None else None
+    if jpeg is not None:
+        try:
+            return jpeg_to_tensor(jpeg[0])
+        except RuntimeError:
+            pass  # corrupt: Pillow names the reason below
+    return pil_to_tensor(decode_image(value, max_pixels))
+
+
+def jpeg_to_tensor(data: bytes | list[bytes], device: str | torch.device = "cpu"):
+    """JPEG bytes (or a list of them: one batched call, which nvJPEG runs in parallel with `device="cuda"`) ->
+    uint8 RGB (3, H, W) tensors on `device`. Raises RuntimeError on a corrupt file."""
+    batch = [data] if isinstance(data, (bytes, bytearray)) else list(data)
+    encoded = [torch.frombuffer(bytearray(item), dtype=torch.uint8) for item in batch]
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's; they still work
+        warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    return decoded[0] if isinstance(data, (bytes, bytearray)) else decoded
+
+
+def plain_jpeg(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[bytes, int, int] | None:
+    """(bytes, width, height) when the file's header says a JPEG that needs nothing but decoding: RGB (YCbCr) or
+    grayscale, no EXIF rotation, within `max_pixels`, ending in the end-of-image marker (a cut file does not).
+    None for anything else (other formats, CMYK, rotated, too large, unreadable): `decode_image` handles those."""
+    try:
+        if isinstance(value, dict):
+            data = value.get("bytes")
+            if data is None and value.get("path"):
+                with open(value["path"], "rb") as file:
+                    data = file.read()
+        elif isinstance(value, str):
+            with open(value, "rb") as file:
+                data = file.read()
+        else:
+            return None
+        if not data or data[:3] != b"\xff\xd8\xff" or data.rstrip(b"\0\r\n")[-2:] != b"\xff\xd9":
+            return None
+        with _own_size_limit(), Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+            if header.format != "JPEG" or header.mode not in ("RGB", "L") or width < 1 or height < 1:
+                return None
+            if max_pixels is not None and width * height > max_pixels:
+                return None
+            if "exif" in header.info and header.getexif().get(0x0112, 1) not in (0, 1):
+                return None
+        return data, width, height
+    except Exception:  # anything odd: decode_image decides, and names the reason
+        return None
 
 
 @contextmanager

@@ -22,10 +22,10 @@ import torch
 from .configs import ModelArguments
 from .constants import DEFAULT_MAX_PIXELS
 from .errors import ModelLoadError
-from .images import ImageDecodeError, decode_image
+from .images import ImageDecodeError, decode_tensor
 from .metrics import topk_stable
 from .modeling import build_model, load_config, load_image_processor
-from .transforms import PreprocessConfig, build_eval_transform
+from .transforms import BatchNormalizer, PreprocessConfig, build_eval_transform
 
 
 @dataclass
@@ -50,7 +50,8 @@ class Classifier:
     def __init__(self, model, preprocess: PreprocessConfig, device: torch.device | str | None = None):
         self.model = model.eval()
         self.preprocess = preprocess
-        self.transform = build_eval_transform(preprocess)
+        self.transform = build_eval_transform(preprocess, normalize=False)  # uint8, normalised on the device
+        self.normalizer = BatchNormalizer(preprocess)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if next(model.parameters()).device != self.device:
             self.model.to(self.device)
@@ -77,21 +78,32 @@ class Classifier:
     # Tensors -----------------------------------------------------------------------------------------------------
 
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """uint8 images (as `transform` gives) or normalised float inputs (B, 3, H, W) -> float32 logits."""
         dtype = next(self.model.parameters()).dtype  # bf16_full_eval leaves the model in bfloat16
         with torch.inference_mode():
-            return self.model(pixel_values=pixel_values.to(self.device, dtype)).logits.float().cpu()
+            inputs = self.normalizer(pixel_values.to(self.device)).to(dtype)
+            return self.model(pixel_values=inputs).logits.float().cpu()
 
     def topk(self, pixel_values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, k) class ids and probabilities, best first (ties to the lower id, as in the evaluation)."""
         return topk_stable(self.logits(pixel_values), k)
 
+    def pixels_of(self, example: dict) -> torch.Tensor:
+        """A dataset example's image as the model sees it (uint8), decoding it here if the workers left it to the
+        GPU (`gpu_decode`: the example holds the JPEG's bytes)."""
+        if "jpeg" in example:
+            return self.transform(decode_tensor({"bytes": example["jpeg"], "path": None}, None))
+        return example["pixel_values"]
+
     def warm_up(self) -> None:
         """One forward pass on a blank input: the first call pays for kernel selection and allocations (a few
         hundred ms on a CPU), which would otherwise land on the first image's time."""
-        self.logits(torch.zeros(1, 3, *self.preprocess.crop_size))
+        self.logits(torch.zeros(1, 3, *self.preprocess.crop_size, dtype=torch.uint8))
 
     def to_display(self, pixel_values: torch.Tensor) -> np.ndarray:
-        """Normalised model inputs (B, 3, H, W) -> the pictures the model saw, uint8 (B, H, W, 3)."""
+        """uint8 images or normalised model inputs (B, 3, H, W) -> the pictures the model saw, uint8 (B, H, W, 3)."""
+        if pixel_values.dtype == torch.uint8:
+            return pixel_values.detach().cpu().permute(0, 2, 3, 1).numpy()
         mean = torch.tensor(self.preprocess.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.preprocess.std).view(1, 3, 1, 1)
         pixels = (pixel_values.detach().float().cpu() * std + mean) / self.preprocess.rescale_factor
@@ -129,7 +141,7 @@ class Classifier:
         for file in files:
             start = time.perf_counter()
             try:
-                pixels, error = self.transform(decode_image(str(file), max_pixels)), None
+                pixels, error = self.transform(decode_tensor(str(file), max_pixels)), None
             except ImageDecodeError as err:  # missing, unreadable, truncated, not an image, too large
                 pixels, error = None, str(err)
             pending.append((str(file), pixels, time.perf_counter() - start, error))

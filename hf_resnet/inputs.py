@@ -1,9 +1,12 @@
 """Dataset examples -> model inputs, inside the DataLoader workers, where one bad file costs one example.
 
 The image column is read undecoded (`Image(decode=False)`); `ExampleTransform` decodes it with
-`images.decode_image`, applies the train or eval transform and maps the label onto the model's head. An image that
+`images.decode_tensor`, applies the train or eval transform and maps the label onto the model's head. An image that
 cannot be decoded is recorded (`skips.SkipRecorder`) and replaced by a blank input whose label is -100, which the
 loss and the metrics ignore: batches keep their size, so processes stay in step and every example is counted once.
+
+The splits built here hold uint8 images (`transforms.BatchNormalizer` normalises whole batches on the model's
+device); the blank input is the normalisation's mean colour (within 0.01 of 0 once normalised).
 """
 
 from __future__ import annotations
@@ -15,22 +18,26 @@ from datasets import Dataset, IterableDataset
 from datasets import Image as ImageFeature
 
 from .constants import DEFAULT_MAX_PIXELS, IGNORE_INDEX
-from .images import ImageDecodeError, decode_image, describe
+from .images import ImageDecodeError, decode_tensor, describe, plain_jpeg
 from .skips import SkipRecorder
-from .transforms import augmentation, build_eval_transform, build_train_transform
+from .transforms import DeviceDecode, augmentation, build_eval_transform, build_train_transform, mean_colour
 
 
 class ExampleTransform:
     """One raw example -> {"pixel_values", "labels"?, "example_ids"}; picklable so DataLoader workers can run it.
 
     `label_map` re-indexes dataset labels onto a pretrained head whose classes are the same names in another
-    order. `label_column=None` (unlabeled test data) gives no "labels".
+    order. `label_column=None` (unlabeled test data) gives no "labels". `blank` is what an undecodable image
+    becomes (default: zeros of `crop_size`, float, as a normalising transform's mean colour). With `device_decode`
+    (`gpu_decode`), a plain JPEG is not decoded here: its bytes and `device_decode.plan` (the crop and flip, drawn
+    under the same seed) go in the example as "jpeg" and "plan", with `blank` holding its place in the batch.
     """
 
     def __init__(self, transform, image_column: str, label_column: str | None, label_map: list[int] | None = None,
                  recorder: SkipRecorder | None = None, crop_size: tuple[int, int] = (224, 224),
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, label_names: list[str] | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, blank: torch.Tensor | None = None,
+                 device_decode: DeviceDecode | None = None):
         self.transform = transform
         self.image_column = image_column
         self.label_column = label_column
@@ -40,30 +47,45 @@ class ExampleTransform:
         self.max_pixels = max_pixels
         self.label_names = label_names
         self.seed = seed  # set: augmentation randomness is a function of (seed, epoch, index) alone
+        self.blank = blank if blank is not None else torch.zeros(3, *self.crop_size)
+        self.device_decode = device_decode
         self.epoch = 0
 
     def _label(self, value: int) -> int:
         return self.label_map[value] if self.label_map is not None and value >= 0 else value
+
+    def _seeded(self, index: int | None, function, *args):
+        """`function(*args)` with torch's CPU generator seeded by (seed, epoch, index) when a seed is set."""
+        if self.seed is None or index is None:
+            return function(*args)
+        # Same crop for the same (epoch, example) whatever the worker count or a resume: the DataLoader's own draws
+        # from the global RNG (worker seeds, iterator start) cannot shift it. Only the CPU generator is seeded and
+        # restored (`torch.manual_seed` also seeds every accelerator: 80x slower, a tenth of the transform's time).
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF_FFFF_FFFF)
+        try:
+            return function(*args)
+        finally:
+            generator.set_state(state)
 
     def __call__(self, example: dict, index: int | None = None) -> dict:
         value = example[self.image_column]
         label = example[self.label_column] if self.label_column is not None else None
         out = {"example_ids": -1 if index is None else int(index)}
         try:
-            image = decode_image(value, self.max_pixels)
-            if self.seed is None or index is None:
-                out["pixel_values"] = self.transform(image)
+            jpeg = plain_jpeg(value, self.max_pixels) if self.device_decode is not None else None
+            if jpeg is not None:  # decoded on the model's device (`device_decode.DeviceDecoder`)
+                data, width, height = jpeg
+                out.update(jpeg=data, plan=self._seeded(index, self.device_decode.plan, width, height),
+                           pixel_values=self.blank.clone(), split=getattr(self.recorder, "split", None))
             else:
-                # Same crop for the same (epoch, example) whatever the worker count or a resume: the DataLoader's
-                # own draws from the global RNG (worker seeds, iterator start) cannot shift it.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(hash((self.seed, self.epoch, int(index))) & 0x7FFF_FFFF_FFFF_FFFF)
-                    out["pixel_values"] = self.transform(image)
+                out["pixel_values"] = self._seeded(index, self.transform, decode_tensor(value, self.max_pixels))
         except ImageDecodeError as err:
             if self.recorder is not None:
                 name = self.label_names[label] if self.label_names and label is not None and label >= 0 else label
                 self.recorder.record(index, describe(value), name, str(err))
-            out["pixel_values"] = torch.zeros(3, *self.crop_size)
+            out["pixel_values"] = self.blank.clone()
             if label is not None:
                 label = IGNORE_INDEX
         if label is not None:
@@ -113,6 +135,12 @@ def collate(examples: list[dict]) -> dict:
     }
     if "labels" in examples[0]:
         batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+    undecoded = [i for i, e in enumerate(examples) if "jpeg" in e]
+    if undecoded:  # gpu_decode: bytes stay plain `bytes`, which accelerate does not move to the device
+        batch["jpeg_bytes"] = [examples[i]["jpeg"] for i in undecoded]
+        batch["jpeg_positions"] = torch.tensor(undecoded, dtype=torch.long)
+        batch["jpeg_plans"] = torch.stack([examples[i]["plan"] for i in undecoded])
+        batch["jpeg_split"] = examples[undecoded[0]]["split"]
     return batch
 
 
@@ -141,12 +169,19 @@ def iter_file_names(dataset, chunk: int = 4096) -> Iterator[str] | None:
 
 def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output_dir: str | None,
                        seed: int | None = None) -> dict:
-    """ImageData's raw splits -> datasets of model inputs: train augmentation for train, the processor's eval
+    """ImageData's raw splits -> datasets of uint8 model inputs: train augmentation for train, the processor's eval
     preprocessing for validation and test; each split records its own undecodable images."""
-    train_tf = build_train_transform(pre, **augmentation(data_args))
-    eval_tf = build_eval_transform(pre)
+    train_tf = build_train_transform(pre, **augmentation(data_args), normalize=False)
+    eval_tf = build_eval_transform(pre, normalize=False)
+    blank = torch.tensor(mean_colour(pre), dtype=torch.uint8).view(3, 1, 1).expand(3, *pre.crop_size).contiguous()
     common = dict(image_column=data.image_column, crop_size=pre.crop_size, max_pixels=data_args.max_image_pixels,
-                  label_names=data.labels)
+                  label_names=data.labels, blank=blank)
+    if data_args.gpu_decode:
+        decode_on_device = {"train": DeviceDecode(True, tuple(data_args.random_resized_crop_scale),
+                                                  flip=data_args.horizontal_flip),
+                            "validation": DeviceDecode(False), "test": DeviceDecode(False)}
+    else:
+        decode_on_device = {}
     test_map = label_map
     if data.test_label_map is not None:  # a test folder's own class order, then the head's
         test_map = [label_map[i] if label_map else i for i in data.test_label_map]
@@ -157,7 +192,8 @@ def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output
     }
     return {
         split: attach(raw, ExampleTransform(tf, label_column=labels, label_map=split_map, seed=split_seed,
-                                            recorder=SkipRecorder(output_dir, split), **common))
+                                            recorder=SkipRecorder(output_dir, split),
+                                            device_decode=decode_on_device.get(split), **common))
         for split, (raw, tf, labels, split_map, split_seed) in plan.items()
         if raw is not None
     }

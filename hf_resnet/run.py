@@ -16,6 +16,7 @@ import logging
 import sys
 
 import datasets
+import torch
 import transformers
 from transformers.trainer_utils import EvalLoopOutput, set_seed
 
@@ -24,6 +25,7 @@ from .checkpoints import fix_file_modes, resume_checkpoint
 from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from .constants import TEST_SPLIT
 from .data import ImageData, load_image_data, plan_streamed_steps
+from .device_decode import DeviceDecoder, record_device_skip
 from .hub import settle_offline_mode
 from .inference import Classifier
 from .inputs import build_split_inputs, file_names
@@ -35,7 +37,7 @@ from .skips import build_report, publish, skipped_indices, start_afresh
 from .strategies import plan_strategy
 from .strategy_config import StrategyArguments
 from .trainer import ImageClassificationTrainer
-from .transforms import PreprocessConfig
+from .transforms import BatchNormalizer, PreprocessConfig
 
 logger = logging.getLogger("hf_resnet.run")
 
@@ -167,12 +169,25 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
                                 None if identity else label_map, training_args.output_dir, seed=training_args.seed)
     train_set, eval_set, test_set = inputs.get("train"), inputs.get("validation"), inputs.get(TEST_SPLIT)
 
-    # Trainer ------------------------------------------------------------------------------------------------------
+    # Trainer: channels-last where it helps; batches normalised on the model's device --------------------------------
+    channels_last = model_args.channels_last
+    if channels_last is None:
+        channels_last = training_args.device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    normalizer = BatchNormalizer(pre, channels_last)
+    device_decoder = None
+    if data_args.gpu_decode:
+        if training_args.device.type != "cuda":
+            logger.warning("`gpu_decode: true` without a CUDA device: JPEGs are decoded in the main process on the "
+                           "CPU, slower than in the DataLoader workers. Set `gpu_decode: false` here.")
+        device_decoder = DeviceDecoder(pre, normalizer, on_failure=functools.partial(record_device_skip,
+                                                                                     training_args.output_dir))
     card = card_info(data, model_args, data_args, strategy_args, training_args, model, head_labels, pre)
     trainer = ImageClassificationTrainer(
         model=model, args=training_args, train_dataset=train_set if training_args.do_train else None,
         eval_dataset=eval_set if training_args.do_eval else None, processing_class=processor,
-        card_info=card, strategy=strategy,
+        card_info=card, strategy=strategy, normalizer=normalizer, device_decoder=device_decoder,
         describe_examples=functools.partial(file_names, train_set),
         callbacks=[SkippedImagesCallback(training_args.output_dir, data.sizes, data_args.max_skipped_share),
                    FileModesCallback()],

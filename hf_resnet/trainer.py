@@ -27,7 +27,7 @@ What this relies on inside transformers / accelerate / torch (each has a test in
 2. patch: `accelerator.dataloader_config.dispatch_batches` is switched for the duration of one
    `_get_dataloader` call (`_dispatch`), and restored;
 3. private override: `_prepare_inputs` (the Trainer calls it on every train and eval batch) pops `example_ids`,
-   which the model never sees;
+   which the model never sees, and normalises the uint8 images on the model's device (`BatchNormalizer`);
 4. private override: `_get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)`
    (the common path of the train, eval and test loaders);
 5. frozen BatchNorm layers are held in eval mode by a forward pre-hook (`strategies.hold_batchnorm`), a public
@@ -59,6 +59,7 @@ from transformers.utils.hub import hf_api
 from .callbacks import EpochCallback, UnfreezeCallback
 from .checkpoints import CHECKPOINT_RE
 from .constants import IGNORE_INDEX, REPORT_DIR
+from .device_decode import DeviceDecoder
 from .ema import WeightEma
 from .errors import ConfigError, NonFiniteLossError
 from .inputs import ImageClassificationDataset, collate
@@ -66,13 +67,14 @@ from .metrics import ComputeMetrics, reduce_logits
 from .optim import describe_groups, milestone_steps, optimizer_kwargs, step_schedule
 from .reports.model_card import CardInfo, write_model_card
 from .strategies import Strategy
+from .transforms import BatchNormalizer
 
 logger = logging.getLogger(__name__)
 
 
 class ImageClassificationTrainer(Trainer):
     def __init__(self, *args, card_info: CardInfo, strategy: Strategy | None = None, describe_examples=None,
-                 **kwargs):
+                 normalizer: BatchNormalizer | None = None, device_decoder: DeviceDecoder | None = None, **kwargs):
         kwargs.setdefault("data_collator", collate)
         kwargs.setdefault("compute_metrics", ComputeMetrics(len(card_info.labels)))
         kwargs.setdefault("preprocess_logits_for_metrics", reduce_logits)
@@ -90,6 +92,8 @@ class ImageClassificationTrainer(Trainer):
         if options.early_stopping_patience is not None:
             self.add_callback(EarlyStoppingCallback(options.early_stopping_patience, options.early_stopping_threshold))
         self.card_info = card_info
+        self.normalizer = normalizer  # uint8 batches -> the model's float input, on its device
+        self.device_decoder = device_decoder  # gpu_decode: the batch's JPEGs decoded and transformed on the device
         self.describe_examples = describe_examples  # example ids -> file names, for messages
         self.steps_per_epoch: int | None = None  # optimizer steps, known once training starts
         self._example_ids = None
@@ -98,8 +102,14 @@ class ImageClassificationTrainer(Trainer):
 
     def _prepare_inputs(self, inputs):
         inputs = dict(inputs)
+        undecoded = {key: inputs.pop(key) for key in list(inputs) if key.startswith("jpeg_")}
+        inputs = super()._prepare_inputs(inputs)  # on the model's device
+        if self.device_decoder is not None and "pixel_values" in inputs:
+            inputs = self.device_decoder({**inputs, **undecoded})
+        elif self.normalizer is not None and "pixel_values" in inputs:
+            inputs["pixel_values"] = self.normalizer(inputs["pixel_values"])
         self._example_ids = inputs.pop("example_ids", None)  # for messages only; the model never sees them
-        return super()._prepare_inputs(inputs)
+        return inputs
 
     # Loss guard: all-skipped batches and non-finite losses -----------------------------------------------------
 

@@ -7,12 +7,18 @@ HF example script resizes ResNet-50's eval images to 224 and crops 224, ignoring
 
 Train is RandomResizedCrop + horizontal flip at the processor's crop size, then what the recipe adds, in timm's
 and torchvision's reference order: an augmentation policy (RandAugment, TrivialAugmentWide, AutoAugment), colour
-jitter, rotation/translation, the processor's normalisation, random erasing. All run on uint8 tensors with
-torch's random generator, which `inputs.py` seeds per example, inside the DataLoader workers.
+jitter, rotation/translation, random erasing. All run on uint8 tensors with torch's random generator, which
+`inputs.py` seeds per example, inside the DataLoader workers.
+
+Training and evaluation batches leave the workers as uint8 (4x fewer bytes to pickle, pin and copy than float32)
+and are normalised where the model is, by `BatchNormalizer`, with the same float32 arithmetic as the processor's
+rescale + normalise: the result is bit-identical to normalising in the worker (tested). Called with
+`normalize=True`, the transforms return normalised float tensors themselves (for use outside the Trainer).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -82,12 +88,15 @@ class PreprocessConfig:
         )
 
 
-def _resize_shortest_edge(image: torch.Tensor, edge: int, interpolation) -> torch.Tensor:
+def _shortest_edge_size(height: int, width: int, edge: int) -> tuple[int, int]:
     # Same arithmetic as transformers' get_resize_output_image_size (int(), not round()).
-    height, width = image.shape[-2:]
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(edge * long / short)
-    size = (new_long, edge) if width <= height else (edge, new_long)
+    return (new_long, edge) if width <= height else (edge, new_long)
+
+
+def _resize_shortest_edge(image: torch.Tensor, edge: int, interpolation) -> torch.Tensor:
+    size = _shortest_edge_size(*image.shape[-2:], edge)
     return F.resize(image, list(size), interpolation=interpolation, antialias=True)
 
 
@@ -104,17 +113,28 @@ def _center_crop(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 MAX_ASPECT = 4.0  # beyond this, only the central part of the long side can reach the center crop
 
 
-def _trim_extreme_aspect(image: Image.Image) -> Image.Image:
+def _trim_extreme_aspect(image: torch.Tensor) -> torch.Tensor:
     """Cut a 4000x3 strip to its central 12x3 before the short side is upscaled (which would allocate a
     256x341,333 tensor). The center crop sees the same pixels; images up to 4:1 are untouched (exact parity)."""
-    width, height = image.size
+    height, width = image.shape[-2:]
     short, long = min(width, height), max(width, height)
     if long <= MAX_ASPECT * short:
         return image
     keep = int(MAX_ASPECT * short)
     start = (long - keep) // 2
-    box = (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
-    return image.crop(box)
+    return image[..., start : start + keep] if width > height else image[..., start : start + keep, :]
+
+
+def _scaled_mean_std(cfg: PreprocessConfig) -> tuple[list[float], list[float]]:
+    """The processor's rescale folded into its normalisation: (x - mean/rescale) / (std/rescale) on 0..255."""
+    mean = (torch.tensor(cfg.mean) * (1.0 / cfg.rescale_factor)).tolist()
+    std = (torch.tensor(cfg.std) * (1.0 / cfg.rescale_factor)).tolist()
+    return mean, std
+
+
+def mean_colour(cfg: PreprocessConfig) -> list[int]:
+    """The normalisation's mean as a uint8 colour: what a blank (skipped) input or an erased box is filled with."""
+    return [min(255, max(0, round(m))) for m in _scaled_mean_std(cfg)[0]]
 
 
 class _Normalize(torch.nn.Module):
@@ -122,47 +142,76 @@ class _Normalize(torch.nn.Module):
 
     def __init__(self, cfg: PreprocessConfig):
         super().__init__()
-        self.mean = (torch.tensor(cfg.mean) * (1.0 / cfg.rescale_factor)).tolist()
-        self.std = (torch.tensor(cfg.std) * (1.0 / cfg.rescale_factor)).tolist()
+        self.mean, self.std = _scaled_mean_std(cfg)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return F.normalize(image.to(torch.float32), self.mean, self.std)
 
 
-class EvalTransform(torch.nn.Module):
-    """PIL image -> normalised tensor, exactly as the checkpoint's image processor would produce it."""
+class BatchNormalizer:
+    """uint8 batches (B, 3, H, W) -> the model's float32 input, on the batch's own device (the GPU in training),
+    with `_Normalize`'s arithmetic, so the values equal a worker-side normalisation bit for bit. Float batches are
+    taken as already normalised and pass unchanged. `channels_last` also lays the batch out as the model is."""
 
-    def __init__(self, cfg: PreprocessConfig):
+    def __init__(self, cfg: PreprocessConfig, channels_last: bool = False):
+        self.mean, self.std = _scaled_mean_std(cfg)
+        self.channels_last = channels_last
+        self._constants: dict = {}
+
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) on 0..255 as float32 (1, 3, 1, 1) tensors on `device`."""
+        if device not in self._constants:
+            as_tensor = lambda v: torch.as_tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)  # noqa: E731
+            self._constants[device] = (as_tensor(self.mean), as_tensor(self.std))
+        return self._constants[device]
+
+    def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.dtype != torch.uint8:
+            return pixel_values
+        mean, std = self.constants(pixel_values.device)
+        return (pixel_values.to(torch.float32) - mean).div_(std)
+
+    def layout(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and pixel_values.dim() == 4:
+            return pixel_values.contiguous(memory_format=torch.channels_last)
+        return pixel_values
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.layout(self.normalize(pixel_values))
+
+
+class EvalTransform(torch.nn.Module):
+    """PIL image or uint8 (3, H, W) tensor -> exactly the checkpoint's image processor's resize and crop; then
+    normalised (float32), or left uint8 for `BatchNormalizer` when `normalize=False`."""
+
+    def __init__(self, cfg: PreprocessConfig, normalize: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.normalize = _Normalize(cfg)
+        self.normalize = _Normalize(cfg) if normalize else None
 
-    def forward(self, image: Image.Image) -> torch.Tensor:
+    def forward(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        image = to_rgb(image)
+        x = image if isinstance(image, torch.Tensor) else F.pil_to_tensor(to_rgb(image))
         if cfg.resize_shortest_edge is not None:
-            image = _trim_extreme_aspect(image)
-        x = F.pil_to_tensor(image)
-        if cfg.resize_shortest_edge is not None:
+            x = _trim_extreme_aspect(x)
             x = _resize_shortest_edge(x, cfg.resize_shortest_edge, cfg.interpolation)
         elif cfg.resize_size is not None:
             x = F.resize(x, list(cfg.resize_size), interpolation=cfg.interpolation, antialias=True)
         if cfg.center_crop:
             x = _center_crop(x, cfg.crop_size)
-        return self.normalize(x)
+        return self.normalize(x) if self.normalize is not None else x
 
 
 def build_train_transform(
     cfg: PreprocessConfig, scale: Sequence[float] = (0.08, 1.0), flip: float = 0.5, auto_augment: str = "none",
     rand_augment_magnitude: int = 9, color_jitter: float = 0.0, rotation_degrees: float = 0.0,
-    translate: float = 0.0, random_erasing: float = 0.0,
-) -> Callable[[Image.Image], torch.Tensor]:
+    translate: float = 0.0, random_erasing: float = 0.0, normalize: bool = True,
+) -> Callable[[Image.Image | torch.Tensor], torch.Tensor]:
     """RandomResizedCrop at the model's input size, optional flip and augmentations (each off at 0 / `none`),
-    the processor's normalisation, optional random erasing (of the normalised image: the erased box is 0, the
-    dataset mean's colour)."""
+    optional random erasing (the erased box takes the normalisation's mean colour: 0 once normalised), then the
+    processor's normalisation, or uint8 out for `BatchNormalizer` when `normalize=False`."""
     steps: list = [
-        v2.Lambda(to_rgb),
-        v2.PILToTensor(),
+        _as_tensor,
         v2.RandomResizedCrop(cfg.crop_size, scale=tuple(scale), interpolation=cfg.interpolation, antialias=True),
     ]
     if flip > 0:
@@ -180,10 +229,18 @@ def build_train_transform(
     if rotation_degrees > 0 or translate > 0:
         steps.append(v2.RandomAffine(degrees=rotation_degrees, translate=(translate, translate) if translate else None,
                                      interpolation=bilinear))
-    steps.append(_Normalize(cfg))
-    if random_erasing > 0:
-        steps.append(v2.RandomErasing(p=random_erasing, value=0))
+    if random_erasing > 0 and not normalize:
+        steps.append(v2.RandomErasing(p=random_erasing, value=mean_colour(cfg)))
+    if normalize:
+        steps.append(_Normalize(cfg))
+        if random_erasing > 0:
+            steps.append(v2.RandomErasing(p=random_erasing, value=0))
     return v2.Compose(steps)
+
+
+def _as_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
+    """A decoded uint8 (3, H, W) tensor passes; a PIL image is made upright RGB first."""
+    return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(to_rgb(image))
 
 
 def augmentation(data_args) -> dict:
@@ -194,5 +251,49 @@ def augmentation(data_args) -> dict:
             **{name: getattr(data_args, name) for name in names}}
 
 
-def build_eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
-    return EvalTransform(cfg)
+def build_eval_transform(cfg: PreprocessConfig, normalize: bool = True) -> Callable[[Image.Image], torch.Tensor]:
+    return EvalTransform(cfg, normalize)
+
+
+@dataclass(frozen=True)
+class DeviceDecode:
+    """`gpu_decode`'s worker side (`device_decode.py` has the device side): for a JPEG left undecoded, the train
+    transform's random crop and flip drawn from the header's size, or the eval marker."""
+
+    train: bool
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+
+    def plan(self, width: int, height: int) -> torch.Tensor:
+        """[top, left, height, width, flip, train], drawn from torch's CPU generator (seeded per example by the
+        caller): torchvision's RandomResizedCrop sampling, 10 tries then the center crop at the closest valid
+        ratio, then the flip. Eval plans are the whole image, unflipped."""
+        if not self.train:
+            return torch.tensor([0, 0, height, width, 0, 0], dtype=torch.int32)
+        top, left, crop_h, crop_w = _random_resized_crop(height, width, self.scale, self.ratio)
+        flip = int(self.flip > 0 and torch.rand(1).item() < self.flip)
+        return torch.tensor([top, left, crop_h, crop_w, flip, 1], dtype=torch.int32)
+
+
+def _random_resized_crop(height: int, width: int, scale, ratio) -> tuple[int, int, int, int]:
+    # torchvision.transforms.v2.RandomResizedCrop.make_params, on a size instead of an image
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,)).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w

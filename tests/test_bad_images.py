@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from conftest import finetune, make_image, make_image_folder, recipe_args
 from PIL import Image
 
@@ -107,11 +108,11 @@ def test_odd_valid_images_train_like_any_other(tmp_path):
         def record(self, *args):
             records.append(args)
 
-    dataset = attach(data.train, ExampleTransform(lambda im: np.asarray(im), data.image_column, data.label_column,
+    dataset = attach(data.train, ExampleTransform(lambda image: image, data.image_column, data.label_column,
                                                   recorder=Recorder()))
     pictures = [dataset[i]["pixel_values"] for i in range(len(dataset))]
     assert records == [] and len(pictures) == 16
-    assert all(p.ndim == 3 and p.shape[2] == 3 and p.dtype == np.uint8 for p in pictures)
+    assert all(p.ndim == 3 and p.shape[0] == 3 and p.dtype == torch.uint8 for p in pictures)  # decoded (3, H, W)
 
 
 @pytest.mark.slow

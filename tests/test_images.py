@@ -239,3 +239,45 @@ def test_undecodable_bytes_message_names_the_file():
     with pytest.raises(ImageDecodeError) as info:
         decode_image({"bytes": b"not an image", "path": "photos/cat.jpg"})
     assert "photos/cat.jpg" in str(info.value) and "BytesIO" not in str(info.value)
+
+
+def test_decode_tensor_gives_pillows_pixels_for_every_kind_of_file(tmp_path):
+    """The fast path (libjpeg-turbo into a tensor) and the Pillow path agree pixel for pixel: real photos, a
+    grayscale and a CMYK JPEG, an EXIF-rotated one, and a PNG."""
+    from conftest import PHOTOS
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    from hf_resnet.images import decode_tensor, plain_jpeg
+
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8))
+    picture.convert("L").save(tmp_path / "gray.jpg")
+    picture.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    picture.save(tmp_path / "picture.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to show
+    picture.save(tmp_path / "rotated.jpg", exif=exif)
+    files = sorted(PHOTOS.rglob("*.jpg")) + sorted(tmp_path.iterdir())
+    for path in files:
+        ours = decode_tensor(str(path))
+        assert ours.dtype == torch.uint8 and ours.shape[0] == 3
+        assert torch.equal(ours, pil_to_tensor(decode_image(str(path)))), path
+    assert all(plain_jpeg(str(p)) is not None for p in PHOTOS.rglob("*.jpg"))  # photos: the fast path
+    assert plain_jpeg(str(tmp_path / "gray.jpg")) is not None
+    for odd in ("cmyk.jpg", "rotated.jpg", "picture.png"):  # ... and these went through Pillow
+        assert plain_jpeg(str(tmp_path / odd)) is None
+    assert decode_tensor(str(tmp_path / "rotated.jpg")).shape[1:] == (50, 30)  # upright
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_decode_tensor_refuses_what_decode_image_refuses_with_the_same_reason(tmp_path, name):
+    from hf_resnet.images import decode_tensor
+
+    make, _ = BAD_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(make())
+    with pytest.raises(ImageDecodeError) as pillow:
+        decode_image(str(path))
+    with pytest.raises(ImageDecodeError) as ours:
+        decode_tensor(str(path))
+    assert str(ours.value) == str(pillow.value)

@@ -83,11 +83,15 @@ def test_classifier_display_undoes_the_normalisation(model):
     import numpy as np
     import torch
 
-    from hf_resnet.images import decode_image
+    from hf_resnet.images import decode_tensor
+    from hf_resnet.transforms import BatchNormalizer
 
     classifier = Classifier.load(str(model), device="cpu")
-    pixels = classifier.transform(decode_image(str(sorted(PHOTOS.rglob("*.jpg"))[0])))
+    pixels = classifier.transform(decode_tensor(str(sorted(PHOTOS.rglob("*.jpg"))[0])))  # uint8, as the model sees
     shown = classifier.to_display(pixels[None])[0]
     assert shown.shape == (32, 32, 3) and shown.dtype == np.uint8
-    renormalised = classifier.transform.normalize(torch.from_numpy(shown).permute(2, 0, 1))
-    assert torch.allclose(renormalised, pixels, atol=0.02)  # within the rounding to whole pixel values
+    assert np.array_equal(shown, pixels.permute(1, 2, 0).numpy())
+    normalised = BatchNormalizer(classifier.preprocess)(pixels[None])
+    assert normalised.dtype == torch.float32 and normalised.abs().max() > 1  # really normalised
+    assert np.array_equal(classifier.to_display(normalised)[0], shown)  # normalised inputs display the same picture
+    assert torch.equal(classifier.logits(pixels[None]), classifier.logits(normalised))

@@ -13,7 +13,7 @@ LAYERS = [
     ["bundled", "folders", "images", "hub"],
     ["configs", "strategy_config"],
     ["parser", "data", "transforms", "skips", "metrics", "checkpoints", "losses", "ema", "optim"],
-    ["inputs", "modeling", "preflight", "balance"],
+    ["inputs", "modeling", "preflight", "balance", "device_decode"],
     ["strategies", "inference", "reports.model_card", "reports.predictions", "reports.audit", "reports.confusion",
      "reports.plots", "reports.gradcam"],
     ["callbacks", "reports.evaluation"],

@@ -84,3 +84,47 @@ def test_to_rgb_composites_transparency_on_white():
     assert out.shape == (4, 4, 3)
     assert (out[:2] == [255, 0, 0]).all() and (out[2:] == [255, 255, 255]).all()
     assert to_rgb(Image.new("L", (3, 3), 7)).mode == "RGB"
+
+
+@pytest.mark.parametrize("make_processor", [resnet50_processor, ViTImageProcessor, BitImageProcessor])
+def test_the_training_data_path_equals_the_processor_bit_for_bit(make_processor):
+    """What the Trainer feeds the model in evaluation: files decoded to uint8 by `decode_tensor`, resized and cropped
+    in the worker, batched as uint8 and normalised by `BatchNormalizer`: the processor's tensors exactly."""
+    from hf_resnet.images import decode_tensor
+    from hf_resnet.transforms import BatchNormalizer
+
+    processor = make_processor()
+    cfg = PreprocessConfig.from_processor(processor)
+    transform = build_eval_transform(cfg, normalize=False)
+    batch = torch.stack([transform(decode_tensor(str(path))) for path in PHOTO_FILES])
+    assert batch.dtype == torch.uint8
+    ours = BatchNormalizer(cfg, channels_last=True)(batch)
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    theirs = processor([Image.open(p).convert("RGB") for p in PHOTO_FILES], return_tensors="pt")["pixel_values"]
+    assert torch.equal(ours, theirs), (ours - theirs).abs().max()
+
+
+def test_uint8_train_batches_normalised_later_equal_normalising_in_the_worker():
+    from hf_resnet.transforms import BatchNormalizer
+
+    cfg = PreprocessConfig.from_processor(resnet50_processor())
+    image = Image.open(PHOTO_FILES[0])
+    options = dict(auto_augment="randaugment", color_jitter=0.3, random_erasing=0.0)
+    torch.manual_seed(3)
+    in_worker = build_train_transform(cfg, **options)(image)
+    torch.manual_seed(3)
+    raw = build_train_transform(cfg, **options, normalize=False)(image)
+    assert raw.dtype == torch.uint8
+    assert torch.equal(BatchNormalizer(cfg)(raw[None])[0], in_worker)
+
+
+def test_random_erasing_on_uint8_fills_the_mean_colour():
+    from hf_resnet.transforms import BatchNormalizer, mean_colour
+
+    cfg = PreprocessConfig.from_processor(resnet50_processor())
+    torch.manual_seed(0)
+    raw = build_train_transform(cfg, random_erasing=1.0, normalize=False)(Image.open(PHOTO_FILES[1]))
+    colour = torch.tensor(mean_colour(cfg), dtype=torch.uint8).view(3, 1, 1)
+    erased = (raw == colour).all(dim=0)
+    assert 0.01 < erased.float().mean() < 0.5  # a box was erased (p=1), not the whole picture
+    assert BatchNormalizer(cfg)(raw[None])[0][:, erased].abs().max() < 0.01  # ~0 once normalised, as before

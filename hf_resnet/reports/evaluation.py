@@ -98,7 +98,7 @@ def _examples_from_stream(dataset, classifier: Classifier, count: int) -> list[d
         batch = [e for e in itertools.islice(stream, 32) if e.get("labels", 0) != IGNORE_INDEX]
         if not batch:
             break
-        top1 = classifier.topk(torch.stack([e["pixel_values"] for e in batch]), 1)[0][:, 0]
+        top1 = classifier.topk(torch.stack([classifier.pixels_of(e) for e in batch]), 1)[0][:, 0]
         for example, predicted in zip(batch, top1.tolist()):
             is_wrong = "labels" in example and predicted != example["labels"]
             (wrong if is_wrong else right).append({**example, "name": ""})
@@ -113,7 +113,7 @@ def _pictures(folder: Path, split: str, examples: list[dict], classifier: Classi
     """predictions_grid.png and gradcam.png for the chosen examples; returns name -> path written."""
     if not examples:
         return {}
-    pixels = torch.stack([e["pixel_values"] for e in examples])
+    pixels = torch.stack([classifier.pixels_of(e) for e in examples])
     ids, probs = classifier.topk(pixels, 1)
     images = classifier.to_display(pixels)
     truths = [labels[e["labels"]] if "labels" in e else None for e in examples]
@@ -135,7 +135,7 @@ def _pictures(folder: Path, split: str, examples: list[dict], classifier: Classi
     others = [i for i, c in enumerate(correct) if c is not False][: GRADCAM_IMAGES - len(wrong)]
     chosen = wrong + others
     try:
-        cam = grad_cam(classifier.model, pixels[chosen], ids[chosen, 0])
+        cam = grad_cam(classifier.model, classifier.normalizer(pixels[chosen]), ids[chosen, 0])
     except ValueError as err:  # a model without encoder stages
         logger.warning("No Grad-CAM picture: %s", err)
         return written

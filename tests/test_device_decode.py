@@ -1,0 +1,149 @@
+"""`gpu_decode`: the workers read bytes and draw the crop; the device decodes, crops, resizes and normalises.
+
+On this CPU-only machine the device is the CPU (torchvision's CPU decoder stands in for nvJPEG); the last test runs
+the same comparison on a GPU where there is one.
+"""
+
+import json
+
+import pytest
+import torch
+from conftest import PHOTOS, finetune, make_image_folder, recipe_args
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from hf_resnet.bundled import resolve_asset
+from hf_resnet.device_decode import DeviceDecoder
+from hf_resnet.errors import ConfigError
+from hf_resnet.images import decode_tensor
+from hf_resnet.inputs import ExampleTransform, collate
+from hf_resnet.transforms import (
+    BatchNormalizer,
+    DeviceDecode,
+    PreprocessConfig,
+    build_eval_transform,
+)
+
+PHOTO_FILES = sorted(PHOTOS.glob("*/*.jpg"))
+
+
+def resnet50_cfg() -> PreprocessConfig:
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(resolve_asset("bundled:resnet-50-processor"))
+    return PreprocessConfig.from_processor(processor)
+
+
+def batch_of(files, cfg, device_decode, seed=None) -> dict:
+    blank = torch.zeros(3, *cfg.crop_size, dtype=torch.uint8)
+    transform = ExampleTransform(build_eval_transform(cfg, normalize=False), "image", "label", crop_size=cfg.crop_size,
+                                 blank=blank, seed=seed, device_decode=device_decode)
+    return collate([transform({"image": {"path": str(f), "bytes": None}, "label": 0}, i) for i, f in enumerate(files)])
+
+
+def on_device(batch: dict, cfg, device="cpu") -> torch.Tensor:
+    inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    return DeviceDecoder(cfg, BatchNormalizer(cfg))(inputs)["pixel_values"]
+
+
+def test_eval_on_the_device_is_within_two_levels_of_the_processor_exact_path():
+    cfg = resnet50_cfg()
+    batch = batch_of(PHOTO_FILES, cfg, DeviceDecode(train=False))
+    assert len(batch["jpeg_bytes"]) == len(PHOTO_FILES)  # the workers decoded nothing
+    exact = BatchNormalizer(cfg)(torch.stack([build_eval_transform(cfg, False)(decode_tensor(str(f)))
+                                              for f in PHOTO_FILES]))
+    ours = on_device(batch, cfg)
+    difference = (ours - exact).abs()
+    # Pillow's two rounded passes in float32: within 2 levels (2 / 255 / std 0.225 = 0.035), ~0 on average
+    assert difference.max() < 0.04 and difference.mean() < 1e-3, (difference.max(), difference.mean())
+
+
+def test_the_train_plan_is_the_cpu_crop_and_flip_drawn_under_the_same_seed():
+    cfg = resnet50_cfg()
+    plan_maker = DeviceDecode(train=True, scale=(0.08, 1.0), flip=0.5)
+    batch = batch_of(PHOTO_FILES, cfg, plan_maker, seed=7)
+    again = batch_of(PHOTO_FILES, cfg, plan_maker, seed=7)
+    assert torch.equal(batch["jpeg_plans"], again["jpeg_plans"])  # a resumed run draws the same crops
+    other = batch_of(PHOTO_FILES, cfg, plan_maker, seed=8)
+    assert not torch.equal(batch["jpeg_plans"], other["jpeg_plans"])
+    ours = on_device(batch, cfg)
+    flips = 0
+    for position, (plan, path) in enumerate(zip(batch["jpeg_plans"].tolist(), PHOTO_FILES)):
+        top, left, height, width, flip, train = plan
+        image = decode_tensor(str(path))
+        assert train == 1 and 0 <= top and top + height <= image.shape[1] and left + width <= image.shape[2]
+        area = height * width / (image.shape[1] * image.shape[2])
+        assert 0.08 * 0.9 <= area <= 1.0 and 3 / 4 * 0.9 <= width / height <= 4 / 3 * 1.1
+        reference = F.resized_crop(image, top, left, height, width, list(cfg.crop_size),
+                                   interpolation=cfg.interpolation, antialias=True)
+        reference = reference.flip(-1) if flip else reference
+        flips += flip
+        difference = (ours[position] - BatchNormalizer(cfg)(reference[None])[0]).abs()
+        # one float pass against the CPU's two rounded uint8 passes: ~a quarter level on average; a wrong box or
+        # flip would be off by whole units
+        assert difference.mean() < 0.01 and difference.max() < 0.25, (path, difference.mean(), difference.max())
+    assert 0 < flips < len(PHOTO_FILES)
+
+
+def test_odd_files_are_decoded_by_the_workers_and_join_the_batch(tmp_path):
+    cfg = resnet50_cfg()
+    Image.open(PHOTO_FILES[0]).save(tmp_path / "photo.png")
+    Image.open(PHOTO_FILES[1]).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    files = [PHOTO_FILES[2], tmp_path / "photo.png", tmp_path / "cmyk.jpg", PHOTO_FILES[3]]
+    batch = batch_of(files, cfg, DeviceDecode(train=False))
+    assert batch["jpeg_positions"].tolist() == [0, 3]
+    exact = BatchNormalizer(cfg)(torch.stack([build_eval_transform(cfg, False)(decode_tensor(str(f))) for f in files]))
+    ours = on_device(batch, cfg)
+    assert torch.equal(ours[1:3], exact[1:3])  # decoded in the worker: the exact path
+    assert (ours - exact).abs().max() < 0.04
+
+
+def test_a_jpeg_the_device_cannot_decode_is_recorded_and_ignored(tmp_path):
+    cfg = resnet50_cfg()
+    data = PHOTO_FILES[0].read_bytes()
+    broken = data[:600] + bytes(len(data) - 602) + b"\xff\xd9"  # header and end marker intact, the scan zeroed
+    (tmp_path / "broken.jpg").write_bytes(broken)
+    batch = batch_of([PHOTO_FILES[1], tmp_path / "broken.jpg"], cfg, DeviceDecode(train=False))
+    assert batch["jpeg_positions"].tolist() == [0, 1]  # the header check lets it through
+    failures = []
+    decoder = DeviceDecoder(cfg, BatchNormalizer(cfg), on_failure=lambda *args: failures.append(args))
+    out = decoder(dict(batch))
+    if failures:  # libjpeg may also decode the zeroed scan as grey: then it is a (grey) picture, not a failure
+        assert failures[0][1] == 1 and out["labels"].tolist() == [0, -100]
+    else:
+        assert out["labels"].tolist() == [0, 0]
+
+
+def test_gpu_decode_refuses_augmentations_it_cannot_run():
+    from hf_resnet.configs import DataArguments
+
+    with pytest.raises(ConfigError, match="auto_augment.*gpu_decode: false"):
+        DataArguments(dataset_name="bundled:digits", gpu_decode=True, auto_augment="randaugment")
+    DataArguments(dataset_name="bundled:digits", gpu_decode=True)  # crop and flip: fine
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streaming", ["false", "true"])
+def test_training_with_gpu_decode_learns_and_reports(tmp_path, streaming):
+    folders = {split: make_image_folder(tmp_path / split, count, seed=seed, fmt="jpeg")
+               for split, count, seed in (("train", 24, 0), ("validation", 8, 1))}
+    first = sorted(folders["train"].rglob("*.jpeg"))[0]
+    Image.open(first).save(first.with_suffix(".png"))  # one file the workers decode
+    first.unlink()
+    out = tmp_path / "out"
+    metrics = finetune(recipe_args(out, folders, gpu_decode="true", streaming=streaming, num_train_epochs="3"))
+    assert metrics["eval_accuracy"] > 0.6
+    report = json.loads((out / "report" / "validation" / "eval_report.json").read_text())
+    assert report["scored"] == 24
+    assert (out / "report" / "validation" / "predictions_grid.png").is_file()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for nvJPEG (run on the GPU machine)")
+def test_nvjpeg_eval_stays_within_the_stated_bound_of_the_processor():
+    cfg = resnet50_cfg()
+    batch = batch_of(PHOTO_FILES, cfg, DeviceDecode(train=False))
+    exact = BatchNormalizer(cfg)(torch.stack([build_eval_transform(cfg, False)(decode_tensor(str(f)))
+                                              for f in PHOTO_FILES]))
+    difference = (on_device(batch, cfg, "cuda").cpu() - exact).abs()
+    print(f"nvJPEG eval vs processor: max {difference.max():.4f}, mean {difference.mean():.5f}")
+    assert difference.mean() < 1e-2 and difference.max() < 0.25
