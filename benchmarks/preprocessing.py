@@ -3,17 +3,20 @@ example script's transforms and bare decoding, all timed in the same run.
 
     python benchmarks/preprocessing.py [--folder DIR] [--images 200] [--repeats 5] [--workers 0 2] [--batch 32]
 
-Part 1, one process, one thread: median seconds per image over the repeats (methods interleaved, so drift in the
-machine's load hits each alike), and each method's speed as a multiple of the processor's, the HF example's and
-bare decoding's (higher is faster; 0.80 against decode = within 25% of just decoding the file).
-- decode_pil / decode_jpeg: bare decoding into RGB (Pillow; torchvision's libjpeg-turbo), the floor
+Part 1, one process, one thread: median CPU seconds per image over the repeats (process CPU time, not wall
+time: on a shared machine other processes' load barely moves it; methods interleaved), and each method's speed as
+a multiple of the processor's, the HF example's and bare decoding's (higher is faster; 0.80 against decode =
+within 25% of just decoding the file).
+- decode_pil / decode_tensor: bare decoding into RGB (Pillow; hf-resnet's `decode_tensor`, libjpeg-turbo into a
+  tensor for plain JPEGs, Pillow for the rest), the floor
 - processor: Pillow decode + the checkpoint's AutoImageProcessor (what pipeline() does); float32 out
 - hf_example_eval / _train: Pillow decode + run_image_classification.py's transforms (Resize(224) CenterCrop(224)
   / RandomResizedCrop(224) flip, then ToTensor Normalize, per image in the worker); float32 out
 - hf_resnet_eval / _train: what hf-resnet's DataLoader workers do: `decode_tensor`, the processor-exact resize +
-  crop (eval) or the seeded RandomResizedCrop + flip (train), uint8 out; the normalisation runs on the batch on the
-  model's device (`BatchNormalizer`), timed here per image on the CPU and included
-- hf_resnet_eval_in_worker: the same eval path normalising per image in the worker (the 0.2 layout)
+  crop (eval) or the seeded RandomResizedCrop + flip (train), uint8 out
+- normalise_on_device: the share per image of `BatchNormalizer` on a batch of 32, which runs where the model is
+  (on a GPU: off the CPU; on a CPU: in the main process)
+- hf_resnet_eval_in_worker: the eval path normalising per image in the worker (float out, as in 0.2)
 Part 2, DataLoader throughput (images/s) with each `--workers` count, batch `--batch`, for the train paths.
 Peak RSS of the whole run is printed last. Any folder works; files are found by extension (.jpg, .JPEG, .png...).
 """
@@ -35,7 +38,7 @@ from transformers import AutoImageProcessor
 
 from hf_resnet.bundled import resolve_asset
 from hf_resnet.constants import IMAGE_EXTENSIONS
-from hf_resnet.images import jpeg_to_tensor
+from hf_resnet.images import decode_tensor
 from hf_resnet.inputs import ExampleTransform, collate
 from hf_resnet.transforms import BatchNormalizer, PreprocessConfig, build_eval_transform, build_train_transform
 
@@ -66,32 +69,34 @@ def build_methods(processor) -> dict:
     def raw(data: bytes) -> dict:
         return {"image": {"bytes": data, "path": None}}
 
-    def normalised(pixels: torch.Tensor) -> torch.Tensor:
-        return normalizer(pixels[None])[0]
+    batch = torch.zeros(32, 3, *cfg.crop_size, dtype=torch.uint8)
+
+    def normalise_share(index: int) -> None:
+        if index % 32 == 0:
+            normalizer(batch)
 
     return {
         "decode_pil": lambda i, d: pil(d),
-        "decode_jpeg": lambda i, d: jpeg_to_tensor(d),
+        "decode_tensor": lambda i, d: decode_tensor({"bytes": d, "path": None}),
         "processor": lambda i, d: processor(pil(d), return_tensors="pt")["pixel_values"][0],
         "hf_example_eval": lambda i, d: example_eval(pil(d)),
         "hf_example_train": lambda i, d: example_train(pil(d)),
-        "hf_resnet_eval": lambda i, d: normalised(ours_eval(raw(d), i)["pixel_values"]),
-        "hf_resnet_train": lambda i, d: normalised(ours_train(raw(d), i)["pixel_values"]),
+        "hf_resnet_eval": lambda i, d: ours_eval(raw(d), i)["pixel_values"],
+        "hf_resnet_train": lambda i, d: ours_train(raw(d), i)["pixel_values"],
+        "normalise_on_device": lambda i, d: normalise_share(i),
         "hf_resnet_eval_in_worker": lambda i, d: in_worker(raw(d), i)["pixel_values"],
     }, (example_train, ours_train, normalizer)
 
 
-def per_image(methods: dict, blobs: list[bytes], repeats: int, jpeg_only: bool) -> dict:
+def per_image(methods: dict, blobs: list[bytes], repeats: int) -> dict:
     timings = {name: [] for name in methods}
     for _ in range(repeats):
         for name, method in methods.items():
-            if name == "decode_jpeg" and not jpeg_only:
-                continue
-            start = time.perf_counter()
+            start = time.process_time()
             for i, data in enumerate(blobs):
                 method(i, data)
-            timings[name].append((time.perf_counter() - start) / len(blobs))
-    return {name: statistics.median(values) for name, values in timings.items() if values}
+            timings[name].append((time.process_time() - start) / len(blobs))
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 class _Files(torch.utils.data.Dataset):
@@ -132,21 +137,20 @@ def main() -> None:
     torch.set_num_threads(1)
     files = find_images(args.folder, args.images)
     blobs = [f.read_bytes() for f in files]
-    jpeg_only = all(b[:3] == b"\xff\xd8\xff" for b in blobs)
     processor = AutoImageProcessor.from_pretrained(resolve_asset("bundled:resnet-50-processor"))
     methods, (example_train, ours_train, normalizer) = build_methods(processor)
 
-    medians = per_image(methods, blobs, args.repeats, jpeg_only)
+    medians = per_image(methods, blobs, args.repeats)
     sizes = [Image.open(io.BytesIO(b)).size for b in blobs]
     pixels = statistics.median(w * h for w, h in sizes)
     print(f"{len(files)} images from {args.folder} (median {pixels / 1e6:.2f} MP), {args.repeats} repeats, "
           f"1 thread, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     floor = medians["decode_pil"]
-    header = (f"{'method':<26}{'ms/image':>10}{'x processor':>13}{'x hf_example':>14}{'x decode':>10}")
+    header = (f"{'method':<26}{'CPU ms/image':>13}{'x processor':>13}{'x hf_example':>14}{'x decode':>10}")
     print(header)
     for name, median in medians.items():
         example = medians["hf_example_train" if "train" in name else "hf_example_eval"]
-        print(f"{name:<26}{median * 1000:>10.2f}{medians['processor'] / median:>13.2f}"
+        print(f"{name:<26}{median * 1000:>13.2f}{medians['processor'] / median:>13.2f}"
               f"{example / median:>14.2f}{floor / median:>10.2f}")
 
     print(f"\nDataLoader throughput, train paths, batch {args.batch} (images/s, median of {args.repeats})")

@@ -169,7 +169,7 @@ class BatchNormalizer:
         if pixel_values.dtype != torch.uint8:
             return pixel_values
         mean, std = self.constants(pixel_values.device)
-        return (pixel_values.to(torch.float32) - mean).div_(std)
+        return pixel_values.to(torch.float32).sub_(mean).div_(std)
 
     def layout(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.channels_last and pixel_values.dim() == 4:
