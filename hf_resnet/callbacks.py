@@ -19,7 +19,7 @@ class EpochCallback(TrainerCallback):
     sampler's draw depend on it."""
 
     def __init__(self, *targets):
-        self.targets = targets
+        self.targets = list(targets)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         for target in self.targets:

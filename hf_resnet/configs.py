@@ -269,6 +269,11 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=True,
         metadata={"help": "A resumed run restores its callbacks' state too (early stopping's patience count)."},
     )
+    log_example_ids: bool = field(
+        default=False,
+        metadata={"help": "Write the example ids of every batch each process trains on or evaluates to "
+                          "output_dir/example_ids/rank-<N>.jsonl, to check that each example is read once per epoch."},
+    )
     do_train: bool = field(default=True, metadata={"help": "Fine-tune on the train split."})
     do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})
 

@@ -11,6 +11,7 @@ device); the blank input is the normalisation's mean colour (within 0.01 of 0 on
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import torch
@@ -37,7 +38,7 @@ class ExampleTransform:
                  recorder: SkipRecorder | None = None, crop_size: tuple[int, int] = (224, 224),
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, label_names: list[str] | None = None,
                  seed: int | None = None, blank: torch.Tensor | None = None,
-                 device_decode: DeviceDecode | None = None):
+                 device_decode: DeviceDecode | None = None, keyed: bool = False):
         self.transform = transform
         self.image_column = image_column
         self.label_column = label_column
@@ -49,6 +50,7 @@ class ExampleTransform:
         self.seed = seed  # set: augmentation randomness is a function of (seed, epoch, index) alone
         self.blank = blank if blank is not None else torch.zeros(3, *self.crop_size)
         self.device_decode = device_decode
+        self.keyed = keyed  # a streamed train split: ids are `example_key`s, not positions in a process's stream
         self.epoch = 0
 
     def _label(self, value: int) -> int:
@@ -72,6 +74,8 @@ class ExampleTransform:
     def __call__(self, example: dict, index: int | None = None) -> dict:
         value = example[self.image_column]
         label = example[self.label_column] if self.label_column is not None else None
+        if self.keyed:
+            index = example_key(value)
         out = {"example_ids": -1 if index is None else int(index)}
         try:
             jpeg = plain_jpeg(value, self.max_pixels) if self.device_decode is not None else None
@@ -93,6 +97,15 @@ class ExampleTransform:
         return out
 
 
+def example_key(value: dict) -> int:
+    """A streamed image's id, from its path and bytes: the same in every epoch, process and DataLoader worker,
+    whereas a position in a stream counts from 0 in each process's and worker's part of it."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update((value.get("path") or "").encode())
+    digest.update(value.get("bytes") or b"")
+    return int.from_bytes(digest.digest(), "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 class ImageClassificationDataset(torch.utils.data.Dataset):
     """A map-style HF dataset with its images undecoded, transformed per example (batched reads via __getitems__)."""
 
@@ -108,11 +121,20 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.transform.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict:
-        return self.transform(self.dataset[int(index)], int(index))
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
-        batch = self.dataset[list(indices)]
-        return [self.transform({k: v[j] for k, v in batch.items()}, int(i)) for j, i in enumerate(indices)]
+        """A negative index `-1 - i` is example i as padding (`distributed.ProcessBatchSampler`): read, but with
+        label -100 and id -1, so it never enters the loss or a count."""
+        real = [int(i) if i >= 0 else -1 - int(i) for i in indices]
+        batch = self.dataset[real]
+        out = [self.transform({k: v[j] for k, v in batch.items()}, i) for j, i in enumerate(real)]
+        for example, index in zip(out, indices):
+            if index < 0:
+                example["example_ids"] = -1
+                if "labels" in example:
+                    example["labels"] = IGNORE_INDEX
+        return out
 
 
 def undecoded(dataset, image_column: str):
@@ -124,7 +146,7 @@ def attach(dataset, transform: ExampleTransform):
     """Map-style -> ImageClassificationDataset; streamed -> a lazy `map` that runs while iterating (in workers)."""
     if isinstance(dataset, IterableDataset):
         stream = undecoded(dataset, transform.image_column)
-        return stream.map(transform, with_indices=True, remove_columns=list(stream.features))
+        return stream.map(transform, with_indices=not transform.keyed, remove_columns=list(stream.features))
     return ImageClassificationDataset(dataset, transform)
 
 
@@ -186,14 +208,15 @@ def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output
     if data.test_label_map is not None:  # a test folder's own class order, then the head's
         test_map = [label_map[i] if label_map else i for i in data.test_label_map]
     plan = {
-        "train": (data.train, train_tf, data.label_column, label_map, seed),
+        "train": (data.train, train_tf, data.label_column, label_map, seed),  # a stream's ids: example_key
         "validation": (data.validation, eval_tf, data.label_column, label_map, None),
         "test": (data.test, eval_tf, data.label_column if data.test_has_labels else None, test_map, None),
     }
     return {
         split: attach(raw, ExampleTransform(tf, label_column=labels, label_map=split_map, seed=split_seed,
                                             recorder=SkipRecorder(output_dir, split),
-                                            device_decode=decode_on_device.get(split), **common))
+                                            device_decode=decode_on_device.get(split), **common,
+                                            keyed=split == "train" and isinstance(raw, IterableDataset)))
         for split, (raw, tf, labels, split_map, split_seed) in plan.items()
         if raw is not None
     }

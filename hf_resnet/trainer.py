@@ -12,8 +12,11 @@ streamed data; our model card.
   the batch's files (`on_nonfinite_loss: stop`) or adds nothing (`skip`), before any weight sees it;
 - `train` / `evaluate` / `predict` / `save_model`: with `ema_decay`, the average of the weights is what is
   evaluated and saved; a checkpoint holds the raw weights (to resume from) and `ema.safetensors`;
-- `_get_dataloader`: a streamed train split is already split per process, so its batches are not dispatched;
+- `_get_dataloader`: a streamed train split of at least as many shards as processes is split by shard, so its
+  batches are not dispatched (one of fewer shards is: read once, by the main process);
   a streamed eval split is read by the main process and dispatched, so every example is scored exactly once;
+  a map-style train split under several processes is read through `distributed.ProcessBatchSampler` (every
+  example once per epoch, where accelerate's `even_batches` would train copies of the first ones again);
 - `create_model_card`: renders `model_card.md` via `reports.model_card` (also when `push_to_hub` calls it);
 - `evaluation_loop`: while `evaluate_with_predictions` runs, keeps the loop's output (the gathered top-5 ids,
   probabilities and label ids) for the reports; `push_report` uploads an evaluation-only run's report;
@@ -42,24 +45,30 @@ What this relies on inside transformers / accelerate / torch (each has a test in
    `find_unused_parameters` leaves the gradients of registered but frozen parameters None on every process;
 10. `evaluate()` runs `evaluation_loop`, whose `EvalLoopOutput` holds the predictions `compute_metrics` saw;
 11. `init_hf_repo` creates the repo with `hub_private_repo` and sets `hub_model_id`;
-   `transformers.utils.hub.hf_api` is the client the Trainer pushes with (`push_report` uploads through it too).
+   `transformers.utils.hub.hf_api` is the client the Trainer pushes with (`push_report` uploads through it too);
+12. patch: under several processes, `accelerator.prepare` wraps a map-style train loader's batch sampler in a
+   `BatchSamplerShard`, which `_process_train_dataloader` turns into a pass-through (`num_processes = 1`), as
+   `Trainer._get_dataloader` does for its `BatchRebalanceSampler`; a sampler without a `batch_size` has its
+   uneven last batches passed on as they are.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer
-from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint, has_length
+from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint, has_length, seed_worker
 from transformers.utils.hub import hf_api
 
 from .callbacks import EpochCallback, UnfreezeCallback
 from .checkpoints import CHECKPOINT_RE
 from .constants import IGNORE_INDEX, REPORT_DIR
 from .device_decode import DeviceDecoder
+from .distributed import ExampleLog, ProcessBatchSampler
 from .ema import WeightEma
 from .errors import ConfigError, NonFiniteLossError
 from .inputs import ImageClassificationDataset, collate
@@ -87,8 +96,12 @@ class ImageClassificationTrainer(Trainer):
         self.ema = WeightEma(self.model, options.ema_decay, options.ema_warmup) if options.ema_decay else None
         epoch_aware = [self.train_dataset] if isinstance(self.train_dataset, ImageClassificationDataset) else []
         epoch_aware += [self.strategy.sampler] if self.strategy.sampler is not None else []
-        if epoch_aware:
-            self.add_callback(EpochCallback(*epoch_aware))
+        self.epoch_callback = EpochCallback(*epoch_aware)  # the process batch sampler joins it when built
+        self.add_callback(self.epoch_callback)
+        self.example_log = ExampleLog(self.args.output_dir, self.args.process_index) if self.args.log_example_ids \
+            else None
+        if self.example_log is not None:
+            self.add_callback(self.example_log)
         if options.early_stopping_patience is not None:
             self.add_callback(EarlyStoppingCallback(options.early_stopping_patience, options.early_stopping_threshold))
         self.card_info = card_info
@@ -99,6 +112,7 @@ class ImageClassificationTrainer(Trainer):
         self._example_ids = None
         self._skip_update = False
         self._keep_predictions, self._kept = False, None
+        self._eval_split = "eval"
 
     def _prepare_inputs(self, inputs):
         inputs = dict(inputs)
@@ -108,7 +122,10 @@ class ImageClassificationTrainer(Trainer):
             inputs = self.device_decoder({**inputs, **undecoded})
         elif self.normalizer is not None and "pixel_values" in inputs:
             inputs["pixel_values"] = self.normalizer(inputs["pixel_values"])
-        self._example_ids = inputs.pop("example_ids", None)  # for messages only; the model never sees them
+        self._example_ids = inputs.pop("example_ids", None)  # for messages and the log; the model never sees them
+        if self.example_log is not None:
+            split = "train" if self.model.training else self._eval_split
+            self.example_log.record(split, self.state.global_step, self._example_ids)
         return inputs
 
     # Loss guard: all-skipped batches and non-finite losses -----------------------------------------------------
@@ -293,10 +310,44 @@ class ImageClassificationTrainer(Trainer):
     def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
                         dataloader_key=None):
         args = (dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        if isinstance(dataset, torch.utils.data.IterableDataset) and self.args.world_size > 1:
-            with self._dispatch(not is_training):
+        world = self.args.world_size
+        if isinstance(dataset, torch.utils.data.IterableDataset) and world > 1:
+            # A training stream of fewer shards than processes would be read whole by every process, its last
+            # batch filled with copies of the first (accelerate's `IterableDatasetShard`): dispatch it instead.
+            few_shards = is_training and getattr(dataset, "n_shards", world) < world
+            if few_shards:
+                logger.info("The training stream has %d shard(s) for %d processes: the main process reads it and "
+                            "sends each process its part of every batch", dataset.n_shards, world)
+            with self._dispatch(not is_training or few_shards):
                 return super()._get_dataloader(*args)
+        if is_training and self.args.world_size > 1:
+            return self._process_train_dataloader(dataset, batch_size)
         return super()._get_dataloader(*args)
+
+    def _process_train_dataloader(self, dataset, batch_size: int):
+        """Map-style training under several processes: each process reads its own batches of the epoch's order
+        (`distributed.ProcessBatchSampler`: every example once, no copies trained twice). accelerate's wrapper
+        (`BatchSamplerShard`) is made a pass-through, as the Trainer does for its own rank-aware sampler (12)."""
+        args = self.args
+        sampler = ProcessBatchSampler(len(dataset), batch_size, args.world_size, args.process_index,
+                                      args.data_seed if args.data_seed is not None else args.seed,
+                                      sampler=self.strategy.sampler, drop_last=args.dataloader_drop_last)
+        self.epoch_callback.targets.append(sampler)
+        workers = args.dataloader_num_workers
+        in_workers = dict(prefetch_factor=args.dataloader_prefetch_factor, in_order=args.dataloader_in_order,
+                          persistent_workers=args.dataloader_persistent_workers,
+                          multiprocessing_context=args.dataloader_multiprocessing_context) if workers > 0 else {}
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=workers,
+            pin_memory=args.dataloader_pin_memory, **in_workers,
+            worker_init_fn=functools.partial(seed_worker, num_workers=workers, rank=args.process_index),
+        )
+        prepared = self.accelerator.prepare(loader)
+        shard = getattr(prepared, "batch_sampler", None)
+        if shard is None or getattr(shard, "batch_sampler", None) is not sampler:
+            raise RuntimeError("accelerate did not wrap the process batch sampler as expected (trainer docstring, 12)")
+        shard.num_processes, shard.process_index = 1, 0
+        return prepared
 
     # Final evaluations: their predictions go to the reports ----------------------------------------------------
 
@@ -311,6 +362,9 @@ class ImageClassificationTrainer(Trainer):
             self._keep_predictions, self._kept = False, None
 
     def evaluation_loop(self, *args, **kwargs) -> EvalLoopOutput:
+        self._eval_split = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        if self.example_log is not None:
+            self.example_log.start_evaluation()
         output = super().evaluation_loop(*args, **kwargs)
         if self._keep_predictions:
             self._kept = output
