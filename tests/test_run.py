@@ -163,3 +163,19 @@ def test_labeled_test_folder_with_one_class_is_scored(tmp_path, colour_folders):
     shutil.copytree(colour_folders["validation"] / "green", test / "green")
     out, metrics = run_recipe(tmp_path, colour_folders, test_dir=test, num_train_epochs="1")
     assert metrics["test_samples"] == 8
+
+
+@pytest.mark.slow
+def test_compiled_channels_last_run_saves_a_plain_model_that_pipeline_serves(tmp_path, colour_folders):
+    """`torch_compile` and `channels_last` are speed options only: the same Trainer subclass runs under them, the
+    saved weights carry no compile wrapper names, and pipeline() reproduces the evaluation."""
+    out, metrics = run_recipe(tmp_path, colour_folders, torch_compile="true", channels_last="true",
+                              num_train_epochs="1")
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        names = list(weights.keys())
+    assert names and not any("_orig_mod" in name for name in names)
+    results = json.loads((out / "all_results.json").read_text())
+    accuracy, count = pipeline_accuracy(out, colour_folders["validation"])
+    assert count == 24 and accuracy == pytest.approx(results["eval_accuracy"], abs=1e-9)
