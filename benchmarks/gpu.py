@@ -2,7 +2,7 @@
 with channels-last (its GPU default), `torch_compile` and `gpu_decode`, and decoding alone; plus the nvJPEG eval
 bound. Under 5 minutes on one H200 with 16 cores; nothing downloaded.
 
-    PYTHONPATH=. python3 benchmarks/gpu.py [--images 14336] [--batch 256] [--workers 15] [--quick]
+    PYTHONPATH=. python3 benchmarks/gpu.py [--images 10752] [--batch 256] [--workers 15] [--quick]
 
 On the GPU machine (torch, torchvision, transformers and accelerate present; `datasets` not): install the carried
 wheels first, `pip install --no-index --find-links benchmarks/wheels datasets dill multiprocess pyarrow`
@@ -128,12 +128,12 @@ def eval_bound(device: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=REPO / "tests" / "data" / "photos")
-    parser.add_argument("--images", type=int, default=14336)
+    parser.add_argument("--images", type=int, default=10752)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    parser.add_argument("--warmup", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=35)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="toy sizes, to check the script on a CPU")
     parser.add_argument("--skip-train", action="store_true", help="only the model-step and decode rows")
     args = parser.parse_args()
