@@ -2,6 +2,7 @@
 example script's transforms and bare decoding, all timed in the same run.
 
     python benchmarks/preprocessing.py [--folder DIR] [--images 200] [--repeats 5] [--workers 0 2] [--batch 32]
+        [--resize 4032x3024]
 
 Part 1, one process, one thread: median CPU seconds per image over the repeats (process CPU time, not wall
 time: on a shared machine other processes' load barely moves it; methods interleaved), and each method's speed as
@@ -13,12 +14,14 @@ within 25% of just decoding the file).
 - hf_example_eval / _train: Pillow decode + run_image_classification.py's transforms (Resize(224) CenterCrop(224)
   / RandomResizedCrop(224) flip, then ToTensor Normalize, per image in the worker); float32 out
 - hf_resnet_eval / _train: what hf-resnet's DataLoader workers do: `decode_tensor`, the processor-exact resize +
-  crop (eval) or the seeded RandomResizedCrop + flip (train), uint8 out
+  crop (eval) or the seeded RandomResizedCrop + flip (train, decoding JPEGs over 3.3 MP smaller: `TrainDraft`),
+  uint8 out
 - normalise_on_device: the share per image of `BatchNormalizer` on a batch of 32, which runs where the model is
   (on a GPU: off the CPU; on a CPU: in the main process)
 - hf_resnet_eval_in_worker: the eval path normalising per image in the worker (float out, as in 0.2)
 Part 2, DataLoader throughput (images/s) with each `--workers` count, batch `--batch`, for the train paths.
 Peak RSS of the whole run is printed last. Any folder works; files are found by extension (.jpg, .JPEG, .png...).
+`--resize WxH` re-encodes each image at that size first (JPEG quality 90), e.g. 4032x3024 for phone photos.
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ from hf_resnet.bundled import resolve_asset
 from hf_resnet.constants import IMAGE_EXTENSIONS
 from hf_resnet.images import decode_tensor
 from hf_resnet.inputs import ExampleTransform, collate
-from hf_resnet.transforms import BatchNormalizer, PreprocessConfig, build_eval_transform, build_train_transform
+from hf_resnet.transforms import (
+    BatchNormalizer,
+    PreprocessConfig,
+    TrainDraft,
+    build_eval_transform,
+    build_train_transform,
+)
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared/data/hymenoptera_data"
 
@@ -60,7 +69,7 @@ def build_methods(processor) -> dict:
     normalizer = BatchNormalizer(cfg)
     ours_eval = ExampleTransform(build_eval_transform(cfg, normalize=False), "image", None, crop_size=cfg.crop_size)
     ours_train = ExampleTransform(build_train_transform(cfg, normalize=False), "image", None,
-                                  crop_size=cfg.crop_size, seed=0)
+                                  crop_size=cfg.crop_size, seed=0, reduction=TrainDraft(max(cfg.crop_size), 0.08))
     in_worker = ExampleTransform(build_eval_transform(cfg), "image", None, crop_size=cfg.crop_size)
 
     def pil(data: bytes) -> Image.Image:
@@ -86,6 +95,12 @@ def build_methods(processor) -> dict:
         "normalise_on_device": lambda i, d: normalise_share(i),
         "hf_resnet_eval_in_worker": lambda i, d: in_worker(raw(d), i)["pixel_values"],
     }, (example_train, ours_train, normalizer)
+
+
+def reencoded(data: bytes, width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").resize((width, height), Image.BICUBIC).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
 
 
 def per_image(methods: dict, blobs: list[bytes], repeats: int) -> dict:
@@ -133,10 +148,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 2])
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--resize", help="WxH: re-encode every image at this size first (JPEG, quality 90)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     files = find_images(args.folder, args.images)
     blobs = [f.read_bytes() for f in files]
+    if args.resize:
+        width, height = (int(v) for v in args.resize.lower().split("x"))
+        blobs = [reencoded(data, width, height) for data in blobs]
     processor = AutoImageProcessor.from_pretrained(resolve_asset("bundled:resnet-50-processor"))
     methods, (example_train, ours_train, normalizer) = build_methods(processor)
 

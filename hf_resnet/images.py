@@ -15,6 +15,7 @@ import hashlib
 import io
 import re
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
@@ -104,18 +105,30 @@ def decode_image(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Im
         raise ImageDecodeError(f"{type(err).__name__}: {reason}") from err
 
 
-def decode_tensor(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def decode_tensor(value, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  reduction: Callable[[int, int], int] | None = None) -> torch.Tensor:
     """`decode_image`, as a uint8 (3, H, W) tensor. Upright RGB or grayscale JPEGs (most photo datasets) are
     decoded by torchvision's libjpeg-turbo straight into the tensor, skipping Pillow's image object and the copy
     out of it (the pixels are Pillow's: tests compare them); every other file, and any error, goes through
-    `decode_image`, so odd images get the same RGB and broken ones the same reason."""
+    `decode_image`, so odd images get the same RGB and broken ones the same reason.
+
+    `reduction(width, height)` -> 2, 4 or 8 decodes such a JPEG that many times smaller in each side, in libjpeg's
+    DCT domain (Pillow's `draft`: 12 MP photos decode ~3x faster at half size); 1 (or None) decodes it whole."""
     jpeg = plain_jpeg(value, max_pixels) if decode_jpeg is not None else None
     if jpeg is not None:
+        data, width, height = jpeg
+        factor = reduction(width, height) if reduction is not None else 1
         try:
-            return jpeg_to_tensor(jpeg[0])
-        except RuntimeError:
+            return _reduced_decode(data, width, height, factor) if factor > 1 else jpeg_to_tensor(data)
+        except (RuntimeError, OSError, ValueError):
             pass  # corrupt: Pillow names the reason below
     return pil_to_tensor(decode_image(value, max_pixels))
+
+
+def _reduced_decode(data: bytes, width: int, height: int, factor: int) -> torch.Tensor:
+    with _own_size_limit(), Image.open(io.BytesIO(data)) as image:
+        image.draft(image.mode, (width // factor, height // factor))
+        return pil_to_tensor(image.convert("RGB"))
 
 
 def jpeg_to_tensor(data: bytes | list[bytes], device: str | torch.device = "cpu"):

@@ -21,7 +21,14 @@ from datasets import Image as ImageFeature
 from .constants import DEFAULT_MAX_PIXELS, IGNORE_INDEX
 from .images import ImageDecodeError, decode_tensor, describe, plain_jpeg
 from .skips import SkipRecorder
-from .transforms import DeviceDecode, augmentation, build_eval_transform, build_train_transform, mean_colour
+from .transforms import (
+    DeviceDecode,
+    TrainDraft,
+    augmentation,
+    build_eval_transform,
+    build_train_transform,
+    mean_colour,
+)
 
 
 class ExampleTransform:
@@ -38,7 +45,7 @@ class ExampleTransform:
                  recorder: SkipRecorder | None = None, crop_size: tuple[int, int] = (224, 224),
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, label_names: list[str] | None = None,
                  seed: int | None = None, blank: torch.Tensor | None = None,
-                 device_decode: DeviceDecode | None = None, keyed: bool = False):
+                 device_decode: DeviceDecode | None = None, keyed: bool = False, reduction=None):
         self.transform = transform
         self.image_column = image_column
         self.label_column = label_column
@@ -51,6 +58,7 @@ class ExampleTransform:
         self.blank = blank if blank is not None else torch.zeros(3, *self.crop_size)
         self.device_decode = device_decode
         self.keyed = keyed  # a streamed train split: ids are `example_key`s, not positions in a process's stream
+        self.reduction = reduction  # train: `transforms.TrainDraft`, large JPEGs decoded smaller
         self.epoch = 0
 
     def _label(self, value: int) -> int:
@@ -84,7 +92,8 @@ class ExampleTransform:
                 out.update(jpeg=data, plan=self._seeded(index, self.device_decode.plan, width, height),
                            pixel_values=self.blank.clone(), split=getattr(self.recorder, "split", None))
             else:
-                out["pixel_values"] = self._seeded(index, self.transform, decode_tensor(value, self.max_pixels))
+                image = decode_tensor(value, self.max_pixels, self.reduction)
+                out["pixel_values"] = self._seeded(index, self.transform, image)
         except ImageDecodeError as err:
             if self.recorder is not None:
                 name = self.label_names[label] if self.label_names and label is not None and label >= 0 else label
@@ -204,6 +213,7 @@ def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output
                             "validation": DeviceDecode(False), "test": DeviceDecode(False)}
     else:
         decode_on_device = {}
+    draft = TrainDraft(max(pre.crop_size), float(data_args.random_resized_crop_scale[0]))
     test_map = label_map
     if data.test_label_map is not None:  # a test folder's own class order, then the head's
         test_map = [label_map[i] if label_map else i for i in data.test_label_map]
@@ -216,7 +226,8 @@ def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output
         split: attach(raw, ExampleTransform(tf, label_column=labels, label_map=split_map, seed=split_seed,
                                             recorder=SkipRecorder(output_dir, split),
                                             device_decode=decode_on_device.get(split), **common,
-                                            keyed=split == "train" and isinstance(raw, IterableDataset)))
+                                            keyed=split == "train" and isinstance(raw, IterableDataset),
+                                            reduction=draft if split == "train" else None))
         for split, (raw, tf, labels, split_map, split_seed) in plan.items()
         if raw is not None
     }

@@ -128,3 +128,25 @@ def test_random_erasing_on_uint8_fills_the_mean_colour():
     erased = (raw == colour).all(dim=0)
     assert 0.01 < erased.float().mean() < 0.5  # a box was erased (p=1), not the whole picture
     assert BatchNormalizer(cfg)(raw[None])[0][:, erased].abs().max() < 0.01  # ~0 once normalised, as before
+
+
+def test_train_draft_decodes_large_jpegs_smaller_but_never_below_the_smallest_crop(tmp_path):
+    from hf_resnet.images import decode_tensor
+    from hf_resnet.transforms import TrainDraft
+
+    draft = TrainDraft(224, 0.08)
+    assert draft(500, 375) == 1 and draft(1600, 1200) == 1  # ImageNet-sized photos: decoded whole
+    assert draft(4032, 3024) == 2  # 12 MP: half size, whose smallest crop (sqrt(0.75 * 0.08) * 1.5 MP) >= 224
+    assert TrainDraft(224, 1.0)(4032, 3024) == 8  # crops of the whole image: an eighth (504x378) is enough
+    big = tmp_path / "big.jpg"
+    Image.open(PHOTO_FILES[0]).convert("RGB").resize((4032, 3024)).save(big, quality=90)
+    whole = decode_tensor(str(big))
+    half = decode_tensor(str(big), reduction=draft)
+    assert whole.shape == (3, 3024, 4032) and half.shape == (3, 1512, 2016)
+    shrunk = torch.nn.functional.interpolate(whole[None].float(), size=(1512, 2016), mode="area")[0]
+    assert (half.float() - shrunk).abs().mean() < 3  # the same picture, within a few levels on average
+    cfg = PreprocessConfig.from_processor(resnet50_processor())
+    transform = build_train_transform(cfg, normalize=False)
+    torch.manual_seed(0)
+    crop = transform(half)
+    assert crop.shape == (3, 224, 224) and crop.dtype == torch.uint8
