@@ -153,11 +153,15 @@ class ImageClassificationTrainer(Trainer):
         # returned early would leave the others waiting in a collective.
         result = self._training_loss(model, inputs, **kwargs)
         loss = result[0] if return_outputs else result
-        all_skipped = labels is not None and bool((labels == IGNORE_INDEX).all())  # every image failed to decode
-        flags = torch.tensor([0.0 if all_skipped or bool(torch.isfinite(loss).all()) else 1.0], device=loss.device)
+        # One host sync per step: both flags are computed on the device and read together.
+        all_skipped = (labels == IGNORE_INDEX).all() if labels is not None else torch.zeros((), dtype=torch.bool,
+                                                                                             device=loss.device)
+        flags = (~all_skipped & ~torch.isfinite(loss.detach()).all()).float().reshape(1)
         if self.args.world_size > 1:  # every process takes the same decision, so none waits on another
             flags = self.accelerator.reduce(flags, reduction="sum")
-        if flags.item() == 0:
+        bad, all_skipped = torch.stack([flags[0], all_skipped.float().to(flags.device)]).tolist()
+        all_skipped = bool(all_skipped)
+        if bad == 0:
             if all_skipped:  # the loss of an all-ignored batch is 0/0; it adds nothing instead
                 zero = self._zero_loss(model)
                 return (zero, result[1]) if return_outputs else zero
