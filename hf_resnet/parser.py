@@ -39,7 +39,7 @@ TRAINER_FIELDS = (
     "gradient_accumulation_steps", "learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps", "optim",
     "bf16", "fp16", "dataloader_num_workers", "eval_strategy", "save_strategy", "save_total_limit",
     "load_best_model_at_end", "metric_for_best_model", "resume_from_checkpoint", "on_nonfinite_loss", "do_train",
-    "do_eval", "push_to_hub", "hub_model_id", "report_to", "seed",
+    "do_eval", "push_to_hub", "hub_model_id", "report_to", "seed", "torch_compile",
 )
 
 
