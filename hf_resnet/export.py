@@ -180,9 +180,9 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: torch.Tensor) -
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
-def top1_change(fp32, int8, eval_dir: str, labels: list[str], transform) -> dict:
-    """Top-1 of the fp32 and (when given) int8 sessions on a labelled folder (class sub-folders named as the
-    model's labels), and how many images' top-1 changed between them."""
+def labelled_images(eval_dir: str, labels: list[str]) -> tuple[list[Path], list[int]]:
+    """A labelled folder's images and their model label ids; its class sub-folders must be the model's labels
+    (checked before any export work)."""
     split = read_folder(eval_dir, "--eval-dir")
     index = {label.lower(): i for i, label in enumerate(labels)}
     unknown = [c for c in split.classes if c.lower() not in index]
@@ -190,12 +190,18 @@ def top1_change(fp32, int8, eval_dir: str, labels: list[str], transform) -> dict
         raise DataError(f"--eval-dir {eval_dir!r}: class folder(s) {', '.join(map(repr, unknown))} are not among the "
                         f"model's labels ({', '.join(labels[:10])}{' ...' if len(labels) > 10 else ''}); name each "
                         "class sub-folder as the label it holds (config.json's id2label).")
-    pixels, kept = load_pixels(split.files, transform)
+    return split.files, [index[label.lower()] for label in split.labels]
+
+
+def top1_change(fp32, int8, files: list[Path], label_ids: list[int], transform) -> dict:
+    """Top-1 of the fp32 and (when given) int8 sessions on labelled images, and how many images' top-1 changed
+    between them."""
+    pixels, kept = load_pixels(files, transform)
     if not kept:
-        raise DataError(f"--eval-dir {eval_dir!r}: none of its images could be read.")
-    truth = np.array([index[split.labels[i].lower()] for i in kept])
+        raise DataError("--eval-dir: none of its images could be read.")
+    truth = np.array([label_ids[i] for i in kept])
     fp32_top1 = run_session(fp32, pixels).argmax(1)
-    found = {"eval_dir": eval_dir, "images": len(kept), "fp32": float((fp32_top1 == truth).mean())}
+    found = {"images": len(kept), "fp32": float((fp32_top1 == truth).mean())}
     if int8 is not None:
         int8_top1 = run_session(int8, pixels).argmax(1)
         changed = int((fp32_top1 != int8_top1).sum())
@@ -225,6 +231,7 @@ def export_model(name_or_path: str, output: str | Path, int8: bool = False, cali
     processor = load_image_processor(ModelArguments(model_name_or_path=name_or_path, model_revision=revision,
                                                     token=token))
     model, transform = classifier.model.float(), classifier.transform
+    labelled = labelled_images(eval_dir, classifier.labels) if eval_dir else None
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -265,7 +272,8 @@ def export_model(name_or_path: str, output: str | Path, int8: bool = False, cali
         if not eval_dir:
             log("int8's effect on accuracy was not measured: pass --eval-dir DIR (a labelled folder) to measure it")
     if eval_dir:
-        report.top1 = t = top1_change(fp32, quantized if int8 else None, eval_dir, classifier.labels, transform)
+        report.top1 = t = {"eval_dir": eval_dir,
+                           **top1_change(fp32, quantized if int8 else None, *labelled, transform)}
         line = f"top-1 on {eval_dir} ({t['images']} images): fp32 {t['fp32']:.4f}"
         if int8:
             line += (f", int8 {t['int8']:.4f}; top-1 changed on {t['changed']} of {t['images']} images "
