@@ -1,7 +1,7 @@
 """CPU inference of ResNet-50 by backend: batch-1 latency and batch-32 throughput, against eager PyTorch timed in
 the same run, and pipeline("image-classification")'s overhead over the bare forward.
 
-    python benchmarks/inference.py [--threads 2] [--repeats 5] [--calls 10] [--images ../shared/data/hymenoptera_data]
+    python benchmarks/inference.py [--threads 2] [--repeats 10] [--calls 5] [--images ../shared/data/hymenoptera_data]
                                    [--calibration-images 64] [--backends eager,compile,...]
 
 A random-init ResNet-50 (ResNetConfig's defaults, built offline; the head sized to the image folder's classes and
@@ -16,8 +16,9 @@ turn, repeat after repeat, so a load that comes and goes on a shared machine fal
 - ort_fp32 / ort_int8: ONNX Runtime CPU sessions of model.onnx / model_int8.onnx
 - pipeline: pipeline("image-classification") on the decoded PIL image (its preprocessing included); batch 32 is a
   list of 32 images with batch_size=32
-Printed: median ms per batch-1 call (median over repeats of each repeat's median of --calls calls) and images/s
-at batch 32, each with its ratio to eager; the peak RSS of each process (resource.getrusage).
+Printed: ms per batch-1 call and images/s at batch 32 (medians over repeats of each repeat's median), each with its
+ratio to eager (the median of the ratios within each repeat); pipeline() against its own model's bare forward,
+timed call by call in turn in its process; the peak RSS of each process (resource.getrusage).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def _peak_rss_mb() -> float:
 
 
 def _runner(backend: str, folder: str, threads: int):
-    """(call(batch_size) -> None, warm-up seconds): one forward pass of `batch_size` images by `backend`."""
+    """({name: call(batch_size)}, warm-up seconds): each call one forward pass of `batch_size` images. The
+    pipeline's process also times the bare forward of the pipeline's own model on its processor's output."""
     import torch
     from PIL import Image
     from transformers import AutoImageProcessor
@@ -66,38 +68,49 @@ def _runner(backend: str, folder: str, threads: int):
         def call(n):
             with torch.inference_mode():
                 model(pixel_values=inputs[n])
+        calls = {backend: call}
     elif backend.startswith("ort_"):
         sess = session(Path(folder, "onnx", ONNX_NAME if backend == "ort_fp32" else INT8_NAME), threads)
         arrays = {n: x.numpy() for n, x in inputs.items()}
 
         def call(n):
             sess.run(["logits"], {"pixel_values": arrays[n]})
+        calls = {backend: call}
     else:
         from transformers import pipeline
 
         pipe = pipeline("image-classification", model=folder, device="cpu")
+        processed = {1: pipe.image_processor(images[0], return_tensors="pt")["pixel_values"],
+                     BATCH: pipe.image_processor(images, return_tensors="pt")["pixel_values"]}
 
         def call(n):
-            pipe(images[0]) if n == 1 else pipe(images[:n], batch_size=n)
+            pipe(images[0]) if n == 1 else pipe(images, batch_size=n)
+
+        def bare(n):
+            with torch.inference_mode():
+                pipe.model(pixel_values=processed[n])
+        calls = {"pipeline": call, "pipeline_bare": bare}
     for n in (1, 1, 1, BATCH):  # compiles, allocations, kernel choices
-        call(n)
-    return call, time.perf_counter() - start
+        for call in calls.values():
+            call(n)
+    return calls, time.perf_counter() - start
 
 
 def _worker(backend: str, folder: str, threads: int, conn) -> None:
-    call, warm_up = _runner(backend, folder, threads)
-    conn.send(warm_up)
+    calls, warm_up = _runner(backend, folder, threads)
+    conn.send((list(calls), warm_up))
     while True:
         request = conn.recv()
         if request is None:
             conn.send(_peak_rss_mb())
             return
-        batch, calls = request
-        times = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            call(batch)
-            times.append(time.perf_counter() - start)
+        batch, count = request
+        times = {name: [] for name in calls}
+        for _ in range(count):  # call by call in turn: the pipeline and its bare forward see the same load
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call(batch)
+                times[name].append(time.perf_counter() - start)
         conn.send(times)
 
 
@@ -179,8 +192,9 @@ def main() -> None:
     parser.add_argument("--images", default=str(Path(__file__).resolve().parents[2] / "shared/data/hymenoptera_data"),
                         help="a folder with train/ and val/, one sub-folder per class (default: the shared ants/bees)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=10, help="batch-1 calls per repeat (batch 32: a fifth of it)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=5, help="batch-1 calls per process and repeat")
+    parser.add_argument("--batch-calls", type=int, default=1, help=f"batch-{BATCH} calls per process and repeat")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--calibration-images", type=int, default=64, help="int8 calibration images from train/")
     args = parser.parse_args()
@@ -197,46 +211,57 @@ def main() -> None:
         preparing.start()
         export_rss = here.recv()
         preparing.join()
-        workers, warm_ups = {}, {}
+        workers, names, warm_ups = {}, {}, {}
         for backend in backends:  # one at a time, so one's compile does not slow another's start
             here, there = context.Pipe()
             process = context.Process(target=_worker, args=(backend, str(folder), args.threads, there), daemon=True)
             process.start()
-            warm_ups[backend] = here.recv()
+            names[backend], warm_ups[backend] = here.recv()
             workers[backend] = (process, here)
-        latency = {b: [] for b in backends}
-        throughput = {b: [] for b in backends}
-        for _ in range(args.repeats):
-            for backend, (_, conn) in workers.items():
-                conn.send((1, args.calls))
-                latency[backend].append(statistics.median(conn.recv()))
-                conn.send((BATCH, max(1, args.calls // 5)))
-                throughput[backend].append(BATCH / statistics.median(conn.recv()))
+        runs = {(name, batch): [] for batch in (1, BATCH) for b in backends for name in names[b]}
+        for _ in range(args.repeats):  # each repeat asks every process in turn
+            for batch, count in ((1, args.calls), (BATCH, args.batch_calls)):
+                for _, conn in workers.values():
+                    conn.send((batch, count))
+                    for name, times in conn.recv().items():
+                        runs[name, batch].append(statistics.median(times))
         rss = {}
         for backend, (process, conn) in workers.items():
             conn.send(None)
             rss[backend] = conn.recv()
             process.join()
-    _print_table(backends, latency, throughput, rss, warm_ups, export_rss, args)
+    _print_table(names, runs, rss, warm_ups, export_rss, args)
 
 
-def _print_table(backends, latency, throughput, rss, warm_ups, export_rss, args) -> None:
-    base_ms = statistics.median(latency["eager"]) * 1000 if "eager" in latency else None
-    base_ips = statistics.median(throughput["eager"]) if "eager" in throughput else None
-    print(f"ResNet-50 fp32 inputs 3x224x224, {args.threads} threads, median of {args.repeats} repeats "
-          f"(batch 1: {args.calls} calls each; batch {BATCH}: {max(1, args.calls // 5)})")
-    print(f"| backend | batch 1 ms | x eager | batch {BATCH} images/s | x eager | warm-up s | peak RSS MB |")
+def _ratios(runs, name, baseline, batch) -> list[float]:
+    """Per repeat: `name`'s median over `baseline`'s, both from the same repeat (the load of that moment)."""
+    return [a / b for a, b in zip(runs[name, batch], runs[baseline, batch])]
+
+
+def _print_table(names, runs, rss, warm_ups, export_rss, args) -> None:
+    median = statistics.median
+    print(f"\nResNet-50, 3x224x224 fp32 inputs, {args.threads} threads; {args.repeats} repeats, each asking every "
+          f"process in turn for {args.calls} batch-1 calls and {args.batch_calls} batch-{BATCH} call(s).")
+    print("ms: median over repeats of each repeat's median (min-max of the repeats' medians); x eager: median over "
+          "repeats of the ratio to eager in the same repeat (below 1: faster). Peak RSS: the process's.\n")
+    print(f"| backend | batch 1 ms (min-max) | x eager | batch {BATCH} images/s | x eager | warm-up s | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
-    for backend in backends:
-        ms = statistics.median(latency[backend]) * 1000
-        ips = statistics.median(throughput[backend])
-        spread = f"{min(latency[backend]) * 1000:.1f}-{max(latency[backend]) * 1000:.1f}"
-        print(f"| {backend} | {ms:.1f} ({spread}) | {ms / base_ms:.2f} | {ips:.1f} | {ips / base_ips:.2f} | "
-              f"{warm_ups[backend]:.1f} | {rss[backend]:.0f} |" if base_ms else f"| {backend} | {ms:.1f} |")
+    for backend, backend_names in names.items():
+        for name in backend_names:
+            ms = [t * 1000 for t in runs[name, 1]]
+            ips = BATCH / median(runs[name, BATCH])
+            speed = median(_ratios(runs, name, "eager", 1)) if ("eager", 1) in runs else float("nan")
+            rate = 1 / median(_ratios(runs, name, "eager", BATCH)) if ("eager", 1) in runs else float("nan")
+            shared = name != backend  # the pipeline's bare forward runs in the pipeline's process
+            own = "(same process) | |" if shared else f"{warm_ups[backend]:.1f} | {rss[backend]:.0f} |"
+            print(f"| {name} | {median(ms):.1f} ({min(ms):.1f}-{max(ms):.1f}) | {speed:.2f} | {ips:.1f} | "
+                  f"{rate:.2f} | {own}")
     print(f"\nexporting process (PyTorch model, export, quantisation, top-1): peak RSS {export_rss:.0f} MB")
-    if base_ms and "pipeline" in latency:
-        overhead = statistics.median(latency["pipeline"]) * 1000 / base_ms - 1
-        print(f"pipeline() over the bare forward at batch 1: {100 * overhead:+.1f}% (target: <= +15%)")
+    if ("pipeline", 1) in runs:
+        for batch in (1, BATCH):
+            overhead = median(_ratios(runs, "pipeline", "pipeline_bare", batch)) - 1
+            print(f"pipeline() over its model's bare forward at batch {batch} (same process, call by call in turn; "
+                  f"median of the repeats' ratios): {100 * overhead:+.1f}% (target: <= +15%)")
     print(f"load average when done: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
