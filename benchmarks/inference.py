@@ -15,7 +15,8 @@ turn, repeat after repeat, so a load that comes and goes on a shared machine fal
 - compile: torch.compile(model, dynamic=False) (inductor; one graph per batch size, compiled during warm-up)
 - ort_fp32 / ort_int8: ONNX Runtime CPU sessions of model.onnx / model_int8.onnx
 - pipeline: pipeline("image-classification") on the decoded PIL image (its preprocessing included); batch 32 is a
-  list of 32 images with batch_size=32
+  list of 32 images with batch_size=32; in its process, call by call in turn, its model's bare forward on the
+  processor's output (pipeline_bare) and the processor alone (pipeline_preprocess)
 Printed: ms per batch-1 call and images/s at batch 32 (medians over repeats of each repeat's median), each with its
 ratio to eager (the median of the ratios within each repeat); pipeline() against its own model's bare forward,
 timed call by call in turn in its process; the peak RSS of each process (resource.getrusage).
@@ -42,7 +43,8 @@ def _peak_rss_mb() -> float:
 
 def _runner(backend: str, folder: str, threads: int):
     """({name: call(batch_size)}, warm-up seconds): each call one forward pass of `batch_size` images. The
-    pipeline's process also times the bare forward of the pipeline's own model on its processor's output."""
+    pipeline's process also times the bare forward of the pipeline's own model on its processor's output, and
+    the processor alone."""
     import torch
     from PIL import Image
     from transformers import AutoImageProcessor
@@ -89,7 +91,9 @@ def _runner(backend: str, folder: str, threads: int):
         def bare(n):
             with torch.inference_mode():
                 pipe.model(pixel_values=processed[n])
-        calls = {"pipeline": call, "pipeline_bare": bare}
+        def preprocess(n):  # what the pipeline adds before the forward: its image processor
+            pipe.preprocess(images[0]) if n == 1 else pipe.image_processor(images, return_tensors="pt")
+        calls = {"pipeline": call, "pipeline_bare": bare, "pipeline_preprocess": preprocess}
     for n in (1, 1, 1, BATCH):  # compiles, allocations, kernel choices
         for call in calls.values():
             call(n)
@@ -252,7 +256,7 @@ def _print_table(names, runs, rss, warm_ups, export_rss, args) -> None:
             ips = BATCH / median(runs[name, BATCH])
             speed = median(_ratios(runs, name, "eager", 1)) if ("eager", 1) in runs else float("nan")
             rate = 1 / median(_ratios(runs, name, "eager", BATCH)) if ("eager", 1) in runs else float("nan")
-            shared = name != backend  # the pipeline's bare forward runs in the pipeline's process
+            shared = name != backend  # the pipeline's bare forward and processor run in its process
             own = "(same process) | |" if shared else f"{warm_ups[backend]:.1f} | {rss[backend]:.0f} |"
             print(f"| {name} | {median(ms):.1f} ({min(ms):.1f}-{max(ms):.1f}) | {speed:.2f} | {ips:.1f} | "
                   f"{rate:.2f} | {own}")
