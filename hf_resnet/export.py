@@ -234,6 +234,7 @@ def export_model(name_or_path: str, output: str | Path, int8: bool = False, cali
     labelled = labelled_images(eval_dir, classifier.labels) if eval_dir else None
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    (out / INT8_NAME).unlink(missing_ok=True)  # an earlier export's int8 would not be this model's
 
     start = time.perf_counter()
     fp32_path = out / ONNX_NAME
