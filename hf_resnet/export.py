@@ -34,6 +34,7 @@ from .folders import list_images, read_folder
 from .images import ImageDecodeError, decode_image
 from .inference import Classifier
 from .modeling import load_image_processor
+from .transforms import build_eval_transform
 
 ONNX_NAME, INT8_NAME, REPORT_NAME = "model.onnx", "model_int8.onnx", "export_report.json"
 PARITY_ATOL = 1e-4  # max |logit difference| between ONNX Runtime fp32 and PyTorch
@@ -230,7 +231,8 @@ def export_model(name_or_path: str, output: str | Path, int8: bool = False, cali
                                  allow_pickle_weights=allow_pickle_weights)
     processor = load_image_processor(ModelArguments(model_name_or_path=name_or_path, model_revision=revision,
                                                     token=token))
-    model, transform = classifier.model.float(), classifier.transform
+    model = classifier.model.float()
+    transform = build_eval_transform(classifier.preprocess)  # normalised float32: the exported graph's input
     labelled = labelled_images(eval_dir, classifier.labels) if eval_dir else None
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from transformers import AutoImageProcessor, ResNetForImageClassification
 from hf_resnet import cli, export
 from hf_resnet.errors import ExportError
 from hf_resnet.inference import Classifier
-from hf_resnet.transforms import PreprocessConfig
+from hf_resnet.transforms import PreprocessConfig, build_eval_transform
 
 NAMES = ["red", "green", "blue"]  # the colour folders' classes
 
@@ -50,7 +50,7 @@ def test_exported_model_equals_pytorch_on_real_photos_at_any_batch_size(model, e
     assert re.search(r"parity with PyTorch on 8 random pictures, .*: max \|logit difference\| [0-9.e+-]+ <= 1e-04",
                      printed), printed
     classifier = Classifier.load(str(model), device="cpu")
-    pixels = _photos(classifier.transform)
+    pixels = _photos(build_eval_transform(classifier.preprocess))
     with torch.inference_mode():
         expected = classifier.model(pixel_values=pixels).logits.numpy()
     sess = export.session(out / "model.onnx")
@@ -91,7 +91,7 @@ def test_int8_export_measures_and_prints_the_top1_change(model, colour_folders, 
     classifier = Classifier.load(str(model), device="cpu")
     files = sorted(validation.rglob("*.png"))
     truth = np.array([NAMES.index(f.parent.name) for f in files])
-    pixels = export.load_pixels(files, classifier.transform)[0]
+    pixels = export.load_pixels(files, build_eval_transform(classifier.preprocess))[0]
     fp32 = export.run_session(export.session(out / "model.onnx"), pixels).argmax(1)
     int8 = export.run_session(export.session(out / "model_int8.onnx"), pixels).argmax(1)
     assert int(found["changed"]) == int((fp32 != int8).sum())
