@@ -4,6 +4,7 @@ answers at once.
     hf-resnet train --config smoke/digits_smoke      fine-tune (the same run as recipes/finetune.py)
     hf-resnet evaluate MODEL --validation_dir DIR    the full report for a model, without training
     hf-resnet predict MODEL IMAGE_OR_FOLDER...       top-k labels, probabilities and time per image
+    hf-resnet export MODEL --onnx [--int8]           ONNX (and int8) for ONNX Runtime, checked against PyTorch
     hf-resnet audit DATA                             check an image folder before training
 
 Exit codes: 0 done and nothing wrong, 1 the job found problems (e.g. unreadable images), 2 bad usage (the
@@ -219,6 +220,71 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed or missing else 0
 
 
+# export -------------------------------------------------------------------------------------------------------------
+
+EXPORT_DESCRIPTION = """\
+Write MODEL as ONNX for ONNX Runtime into --output: model.onnx (input pixel_values, float32 (batch, 3, H, W)
+preprocessed as the image processor does; output logits; any batch size), config.json, preprocessor_config.json
+and export_report.json. The ONNX model's logits are compared with PyTorch's on images (those of --calibration or
+--eval-dir, else random pictures) and must agree within --atol (1e-4), or the export fails.
+
+--int8 adds model_int8.onnx: static int8 quantisation (QDQ) calibrated on --calibration DIR (any images like the
+ones the model will see, searched recursively) or on --eval-dir. With --eval-dir (one sub-folder per class, named
+as the model's labels) the top-1 of fp32 and int8 and the share of images whose top-1 changed are printed.
+Needs the export extra: pip install "hf-resnet[export]". Examples:
+
+  hf-resnet export outputs/digits-smoke --onnx
+  hf-resnet export outputs/resnet50-run --onnx --int8 --calibration data/train --eval-dir data/val --output onnx/
+"""
+
+
+def _export(args: argparse.Namespace) -> int:
+    import transformers
+
+    from .errors import HfResnetError
+    from .hub import settle_offline_mode
+
+    if not args.onnx:
+        print("hf-resnet export: name the format: --onnx (the only one so far), e.g. hf-resnet export MODEL --onnx",
+              file=sys.stderr)
+        return 2
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    output = args.output or f"{Path(args.model.rstrip('/')).name or 'model'}-onnx"
+    settle_offline_mode([args.model])
+    try:
+        from .export import export_model
+
+        export_model(args.model, output, int8=args.int8, calibration=args.calibration, eval_dir=args.eval_dir,
+                     calibration_images=args.calibration_images, atol=args.atol, revision=args.revision,
+                     token=args.token, allow_pickle_weights=args.allow_pickle_weights)
+    except (HfResnetError, RuntimeError) as err:
+        print(f"hf-resnet export: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="local model folder or Hub id (from the cache when "
+                        "HF_HUB_OFFLINE=1), e.g. outputs/digits-smoke")
+    parser.add_argument("--onnx", action="store_true", help="export to ONNX (required: the format written)")
+    parser.add_argument("--int8", action="store_true", help="also write model_int8.onnx, statically quantised; "
+                        "needs --calibration or --eval-dir")
+    parser.add_argument("--output", metavar="DIR", help="folder to write (default: ./<model folder name>-onnx)")
+    parser.add_argument("--calibration", metavar="DIR", help="images to calibrate int8 on (searched recursively)")
+    parser.add_argument("--calibration-images", "--calibration_images", dest="calibration_images", type=_positive,
+                        default=128, metavar="N", help="images calibrated on, spread over the folder (default 128)")
+    parser.add_argument("--eval-dir", "--eval_dir", dest="eval_dir", metavar="DIR", help="labelled folder (class "
+                        "sub-folders): top-1 of fp32 and int8 and the share of changed top-1 are printed")
+    parser.add_argument("--atol", type=float, default=1e-4, metavar="X",
+                        help="largest |logit difference| to PyTorch allowed for the fp32 model (default 1e-4)")
+    parser.add_argument("--revision", default="main", metavar="REV", help="branch, tag or commit of a Hub model")
+    parser.add_argument("--token", metavar="TOKEN", help="Hub token for a gated or private model")
+    parser.add_argument("--allow_pickle_weights", action="store_true", help="also load weights stored only as "
+                        "pickle (pytorch_model.bin), which can run code: only for models you trust")
+    parser.set_defaults(run=_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-resnet", description="Fine-tune and check HF ResNet image classifiers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -248,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-image-pixels", dest="max_image_pixels", type=_pixels, default=DEFAULT_MAX_PIXELS,
                          metavar="N", help=f"refuse images over N pixels (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     predict.set_defaults(run=_predict)
+    _export_arguments(commands.add_parser(
+        "export", help="ONNX (--onnx) and int8 (--int8) models for ONNX Runtime, checked against PyTorch",
+        description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
     audit = commands.add_parser("audit", help="check an image-folder dataset before training", description=(
         "Check DATA (train/, val/|validation/|valid/, test/ with one sub-folder per class, or one class-folder tree) "
         "for undecodable files, duplicates, leaks, missing or tiny classes, modes and sizes. Exit 0: no problems, "

@@ -26,3 +26,7 @@ class TooManySkippedImages(HfResnetError, ValueError):
 
 class NonFiniteLossError(HfResnetError, FloatingPointError):
     """The training loss became NaN or infinite; the message names the step and the batch's images."""
+
+
+class ExportError(HfResnetError, RuntimeError):
+    """An export that cannot be made (a missing extra, no calibration images) or that failed its parity check."""

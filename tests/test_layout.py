@@ -16,7 +16,7 @@ LAYERS = [
     ["inputs", "modeling", "preflight", "balance", "device_decode"],
     ["strategies", "inference", "reports.model_card", "reports.predictions", "reports.audit", "reports.confusion",
      "reports.plots", "reports.gradcam"],
-    ["callbacks", "distributed", "reports.evaluation"],
+    ["callbacks", "distributed", "reports.evaluation", "export"],
     ["trainer"],
     ["run"],
     ["cli"],
