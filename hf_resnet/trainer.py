@@ -29,7 +29,8 @@ What this relies on inside transformers / accelerate / torch (each has a test in
    moves no EMA;
 2. patch: `accelerator.dataloader_config.dispatch_batches` is switched for the duration of one
    `_get_dataloader` call (`_dispatch`), and restored;
-3. private override: `_prepare_inputs` (the Trainer calls it on every train and eval batch) pops `example_ids`,
+3. private override: `_prepare_inputs` (the Trainer calls it on every train and eval batch) pads a lone training
+   example (`pad_lone_example`), pops `example_ids`,
    which the model never sees, and normalises the uint8 images on the model's device (`BatchNormalizer`);
 4. private override: `_get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)`
    (the common path of the train, eval and test loaders);
@@ -81,6 +82,22 @@ from .transforms import BatchNormalizer
 logger = logging.getLogger(__name__)
 
 
+def pad_lone_example(inputs: dict) -> dict:
+    """A training batch of one image (an epoch's last, when the split's size is one over a multiple of the batch)
+    gets a copy labelled -100 beside it: BatchNorm in training mode needs two values per channel, which a small
+    model's 1x1 last stage would not have (a crash), and the ignored copy adds nothing to the loss. Several
+    processes pad in `distributed.ProcessBatchSampler` instead."""
+    pixels = inputs.get("pixel_values")
+    if not isinstance(pixels, torch.Tensor) or pixels.shape[0] != 1:
+        return inputs
+    inputs["pixel_values"] = torch.cat([pixels, pixels])
+    if isinstance(inputs.get("labels"), torch.Tensor):
+        inputs["labels"] = torch.cat([inputs["labels"], torch.full_like(inputs["labels"], IGNORE_INDEX)])
+    if isinstance(inputs.get("example_ids"), torch.Tensor):
+        inputs["example_ids"] = torch.cat([inputs["example_ids"], torch.full_like(inputs["example_ids"], -1)])
+    return inputs
+
+
 class ImageClassificationTrainer(Trainer):
     def __init__(self, *args, card_info: CardInfo, strategy: Strategy | None = None, describe_examples=None,
                  normalizer: BatchNormalizer | None = None, device_decoder: DeviceDecoder | None = None, **kwargs):
@@ -116,6 +133,8 @@ class ImageClassificationTrainer(Trainer):
 
     def _prepare_inputs(self, inputs):
         inputs = dict(inputs)
+        if self.model.training and self.args.world_size == 1:
+            inputs = pad_lone_example(inputs)
         undecoded = {key: inputs.pop(key) for key in list(inputs) if key.startswith("jpeg_")}
         inputs = super()._prepare_inputs(inputs)  # on the model's device
         if self.device_decoder is not None and "pixel_values" in inputs:

@@ -179,3 +179,19 @@ def test_compiled_channels_last_run_saves_a_plain_model_that_pipeline_serves(tmp
     results = json.loads((out / "all_results.json").read_text())
     accuracy, count = pipeline_accuracy(out, colour_folders["validation"])
     assert count == 24 and accuracy == pytest.approx(results["eval_accuracy"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_a_last_batch_of_one_image_trains_instead_of_crashing_in_batchnorm(tmp_path, colour_folders):
+    """25 images at batch 8 leave one image for each epoch's last step; the small model's last stage is 1x1, where
+    BatchNorm in training mode cannot normalise a single value per channel. It gets an ignored copy instead."""
+    from conftest import make_image_folder
+
+    train = make_image_folder(tmp_path / "train", 8, seed=3)  # 24 images
+    make_image_folder(tmp_path / "extra", 1, seed=4)
+    (tmp_path / "extra" / "red" / "red_000.png").rename(train / "red" / "lone.png")  # 25
+    out, metrics = run_recipe(tmp_path, {"train": train, "validation": colour_folders["validation"]},
+                              num_train_epochs="2")
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 8  # 4 steps per epoch, the last of one image
+    assert all(h["loss"] == h["loss"] for h in state["log_history"] if "loss" in h)  # finite
