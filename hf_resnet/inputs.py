@@ -12,6 +12,7 @@ device); the blank input is the normalisation's mean colour (within 0.01 of 0 on
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 
 import torch
@@ -30,6 +31,7 @@ from .transforms import (
     mean_colour,
 )
 
+logger = logging.getLogger(__name__)
 
 class ExampleTransform:
     """One raw example -> {"pixel_values", "labels"?, "example_ids"}; picklable so DataLoader workers can run it.
@@ -198,10 +200,20 @@ def iter_file_names(dataset, chunk: int = 4096) -> Iterator[str] | None:
     return names()
 
 
+def dispatched(split: str, raw, world_size: int) -> bool:
+    """Whether the Trainer reads this split in the main process and sends each process its slice of every batch
+    (`trainer._get_dataloader`): a streamed eval split, or a streamed train split of fewer shards than processes."""
+    if world_size <= 1 or not isinstance(raw, IterableDataset):
+        return False
+    return split != "train" or getattr(raw, "n_shards", world_size) < world_size
+
+
 def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output_dir: str | None,
-                       seed: int | None = None) -> dict:
+                       seed: int | None = None, world_size: int = 1) -> dict:
     """ImageData's raw splits -> datasets of uint8 model inputs: train augmentation for train, the processor's eval
-    preprocessing for validation and test; each split records its own undecodable images."""
+    preprocessing for validation and test; each split records its own undecodable images. With `gpu_decode`, a
+    split whose batches are dispatched (`dispatched`) is still decoded by the workers: accelerate can only cut
+    batches of same-shaped tensors, not lists of JPEG bytes."""
     train_tf = build_train_transform(pre, **augmentation(data_args), normalize=False)
     eval_tf = build_eval_transform(pre, normalize=False)
     blank = torch.tensor(mean_colour(pre), dtype=torch.uint8).view(3, 1, 1).expand(3, *pre.crop_size).contiguous()
@@ -211,6 +223,9 @@ def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output
         decode_on_device = {"train": DeviceDecode(True, tuple(data_args.random_resized_crop_scale),
                                                   flip=data_args.horizontal_flip),
                             "validation": DeviceDecode(False), "test": DeviceDecode(False)}
+        for split in [name for name in decode_on_device if dispatched(name, getattr(data, name, None), world_size)]:
+            logger.info("gpu_decode: the %s split is dispatched from the main process: its workers decode it", split)
+            del decode_on_device[split]
     else:
         decode_on_device = {}
     draft = TrainDraft(max(pre.crop_size), float(data_args.random_resized_crop_scale[0]))

@@ -166,7 +166,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     identity = label_map == list(range(len(data.labels)))
     pre = PreprocessConfig.from_processor(processor)
     inputs = build_split_inputs(data, pre, data_args,
-                                None if identity else label_map, training_args.output_dir, seed=training_args.seed)
+                                None if identity else label_map, training_args.output_dir, seed=training_args.seed,
+                                world_size=training_args.world_size)
     train_set, eval_set, test_set = inputs.get("train"), inputs.get("validation"), inputs.get(TEST_SPLIT)
 
     # Trainer: channels-last where it helps; batches normalised on the model's device --------------------------------

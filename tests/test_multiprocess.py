@@ -148,3 +148,30 @@ def test_gradual_unfreezing_under_two_processes(tmp_path, colour_folders):
     moved = {n for n in before if not n.startswith("classifier") and not torch.equal(before[n], after[n])}
     assert moved and all(name.startswith("resnet.encoder.stages.3.") for name in moved)
     assert {name.rsplit(".", 1)[-1] for name in moved} >= {"weight", "running_mean"}
+
+
+@pytest.mark.slow
+def test_gpu_decode_with_a_stream_under_two_processes_scores_every_image_once(tmp_path):
+    """A streamed validation split is dispatched from the main process, and accelerate can only cut tensors: its
+    workers decode it (not the device), so the run ends with every image scored once instead of a TypeError."""
+    from conftest import make_image_folder
+
+    folders = {split: make_image_folder(tmp_path / split, count, seed=seed, fmt="jpeg")
+               for split, count, seed in (("train", 8, 0), ("validation", 8, 1))}
+    out = tmp_path / "out"
+    launch(recipe_args(out, folders, gpu_decode="true", streaming="true", num_train_epochs="1"))
+    assert json.loads((out / "report" / "validation" / "eval_report.json").read_text())["scored"] == 24
+
+
+def test_only_dispatched_streams_are_kept_from_the_device():
+    from datasets import Dataset, IterableDataset
+
+    from hf_resnet.inputs import dispatched
+
+    table = Dataset.from_dict({"x": list(range(8))})
+    stream = IterableDataset.from_generator(lambda: iter({"x": i} for i in range(8)))  # one shard
+    assert not dispatched("validation", stream, 1)  # one process: nothing is dispatched
+    assert not dispatched("validation", table, 2)  # map-style: each process reads its own
+    assert dispatched("validation", stream, 2)  # a streamed eval split: read by the main process
+    assert dispatched("train", stream, 2)  # a one-shard training stream too
+    assert not dispatched("train", table.to_iterable_dataset(num_shards=4), 2)  # enough shards: split by shard
