@@ -63,7 +63,7 @@ class DeviceDecoder:
             return inputs
         images = self._decode(encoded, device)
         mean, std = self.normalizer.constants(device)
-        for slot, (image, position, plan) in enumerate(zip(images, positions.tolist(), plans.tolist())):
+        for slot, (image, position, plan) in enumerate(zip(images, positions, plans)):
             if image is None:  # unreadable: a blank input whose label is ignored, recorded by `_decode`'s caller
                 batch[position] = 0.0
                 if "labels" in inputs:

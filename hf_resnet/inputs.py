@@ -169,10 +169,11 @@ def collate(examples: list[dict]) -> dict:
     if "labels" in examples[0]:
         batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
     undecoded = [i for i, e in enumerate(examples) if "jpeg" in e]
-    if undecoded:  # gpu_decode: bytes stay plain `bytes`, which accelerate does not move to the device
+    if undecoded:  # gpu_decode: plain bytes and lists, which accelerate leaves on the host (reading device
+        # tensors back would wait for the GPU's previous step)
         batch["jpeg_bytes"] = [examples[i]["jpeg"] for i in undecoded]
-        batch["jpeg_positions"] = torch.tensor(undecoded, dtype=torch.long)
-        batch["jpeg_plans"] = torch.stack([examples[i]["plan"] for i in undecoded])
+        batch["jpeg_positions"] = undecoded
+        batch["jpeg_plans"] = [examples[i]["plan"].tolist() for i in undecoded]
         batch["jpeg_split"] = examples[undecoded[0]]["split"]
     return batch
 

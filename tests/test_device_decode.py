@@ -63,12 +63,12 @@ def test_the_train_plan_is_the_cpu_crop_and_flip_drawn_under_the_same_seed():
     plan_maker = DeviceDecode(train=True, scale=(0.08, 1.0), flip=0.5)
     batch = batch_of(PHOTO_FILES, cfg, plan_maker, seed=7)
     again = batch_of(PHOTO_FILES, cfg, plan_maker, seed=7)
-    assert torch.equal(batch["jpeg_plans"], again["jpeg_plans"])  # a resumed run draws the same crops
+    assert batch["jpeg_plans"] == again["jpeg_plans"]  # a resumed run draws the same crops
     other = batch_of(PHOTO_FILES, cfg, plan_maker, seed=8)
-    assert not torch.equal(batch["jpeg_plans"], other["jpeg_plans"])
+    assert batch["jpeg_plans"] != other["jpeg_plans"]
     ours = on_device(batch, cfg)
     flips = 0
-    for position, (plan, path) in enumerate(zip(batch["jpeg_plans"].tolist(), PHOTO_FILES)):
+    for position, (plan, path) in enumerate(zip(batch["jpeg_plans"], PHOTO_FILES)):
         top, left, height, width, flip, train = plan
         image = decode_tensor(str(path))
         assert train == 1 and 0 <= top and top + height <= image.shape[1] and left + width <= image.shape[2]
@@ -91,7 +91,7 @@ def test_odd_files_are_decoded_by_the_workers_and_join_the_batch(tmp_path):
     Image.open(PHOTO_FILES[1]).convert("CMYK").save(tmp_path / "cmyk.jpg")
     files = [PHOTO_FILES[2], tmp_path / "photo.png", tmp_path / "cmyk.jpg", PHOTO_FILES[3]]
     batch = batch_of(files, cfg, DeviceDecode(train=False))
-    assert batch["jpeg_positions"].tolist() == [0, 3]
+    assert batch["jpeg_positions"] == [0, 3]
     exact = BatchNormalizer(cfg)(torch.stack([build_eval_transform(cfg, False)(decode_tensor(str(f))) for f in files]))
     ours = on_device(batch, cfg)
     assert torch.equal(ours[1:3], exact[1:3])  # decoded in the worker: the exact path
@@ -104,7 +104,7 @@ def test_a_jpeg_the_device_cannot_decode_is_recorded_and_ignored(tmp_path):
     broken = data[:600] + bytes(len(data) - 602) + b"\xff\xd9"  # header and end marker intact, the scan zeroed
     (tmp_path / "broken.jpg").write_bytes(broken)
     batch = batch_of([PHOTO_FILES[1], tmp_path / "broken.jpg"], cfg, DeviceDecode(train=False))
-    assert batch["jpeg_positions"].tolist() == [0, 1]  # the header check lets it through
+    assert batch["jpeg_positions"] == [0, 1]  # the header check lets it through
     failures = []
     decoder = DeviceDecoder(cfg, BatchNormalizer(cfg), on_failure=lambda *args: failures.append(args))
     out = decoder(dict(batch))
