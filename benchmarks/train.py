@@ -227,11 +227,11 @@ def main() -> None:
         common = dict(checkpoint=str(checkpoint), data=str(data), validation=str(validation), batch=args.batch,
                       workers=args.workers, bf16=args.bf16, warmup=args.warmup, steps=args.steps,
                       max_steps=args.warmup + args.steps + 5)
-        rows = [("hf_example", dict(common, method="hf_example", output=str(work / "out-example"))),
-                ("hf_resnet", dict(common, method="hf_resnet", output=str(work / "out-ours")))]
+        rows = [("hf_example", dict(common, method="hf_example", output=str(work / f"out-{kind}-example"))),
+                ("hf_resnet", dict(common, method="hf_resnet", output=str(work / f"out-{kind}-ours")))]
         if args.ours_args:
             rows.append((f"hf_resnet {args.ours_args}", dict(common, method="hf_resnet", ours_args=args.ours_args,
-                                                             output=str(work / "out-ours-extra"))))
+                                                             output=str(work / f"out-{kind}-ours-extra"))))
         print_table(f"{kind}: training images/s", compare(rows, args.repeats), "hf_example")
 
 
