@@ -30,13 +30,7 @@ from torchvision.transforms.v2 import functional as F
 from .constants import IGNORE_INDEX
 from .images import ImageDecodeError, decode_tensor, jpeg_to_tensor
 from .skips import SkipRecorder
-from .transforms import (
-    BatchNormalizer,
-    PreprocessConfig,
-    _center_crop,
-    _shortest_edge_size,
-    _trim_extreme_aspect,
-)
+from .transforms import BatchNormalizer, PreprocessConfig, eval_geometry
 
 
 class DeviceDecoder:
@@ -106,15 +100,7 @@ class DeviceDecoder:
             x = F.resized_crop(x, top, left, height, width, list(cfg.crop_size), interpolation=cfg.interpolation,
                                antialias=True).clamp_(0, 255)
             return x.flip(-1) if flip else x
-        if cfg.resize_shortest_edge is not None:
-            x = _trim_extreme_aspect(x)
-            size = _shortest_edge_size(*x.shape[-2:], cfg.resize_shortest_edge)
-            x = _resize_in_levels(x, size, cfg.interpolation)
-        elif cfg.resize_size is not None:
-            x = _resize_in_levels(x, cfg.resize_size, cfg.interpolation)
-        if cfg.center_crop:
-            x = _center_crop(x, cfg.crop_size)
-        return x
+        return eval_geometry(x, cfg, _resize_in_levels)
 
 
 def _resize_in_levels(x: torch.Tensor, size, interpolation) -> torch.Tensor:

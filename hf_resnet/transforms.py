@@ -95,9 +95,21 @@ def _shortest_edge_size(height: int, width: int, edge: int) -> tuple[int, int]:
     return (new_long, edge) if width <= height else (edge, new_long)
 
 
-def _resize_shortest_edge(image: torch.Tensor, edge: int, interpolation) -> torch.Tensor:
-    size = _shortest_edge_size(*image.shape[-2:], edge)
+def _resize(image: torch.Tensor, size, interpolation) -> torch.Tensor:
     return F.resize(image, list(size), interpolation=interpolation, antialias=True)
+
+
+def eval_geometry(x: torch.Tensor, cfg: PreprocessConfig, resize=_resize) -> torch.Tensor:
+    """The processor's resize (short side, or a fixed size) and center crop of a (3, H, W) tensor; `resize(x,
+    (height, width), interpolation)` does the resizing (`device_decode` passes its float32 two-pass one)."""
+    if cfg.resize_shortest_edge is not None:
+        x = _trim_extreme_aspect(x)
+        x = resize(x, _shortest_edge_size(*x.shape[-2:], cfg.resize_shortest_edge), cfg.interpolation)
+    elif cfg.resize_size is not None:
+        x = resize(x, cfg.resize_size, cfg.interpolation)
+    if cfg.center_crop:
+        x = _center_crop(x, cfg.crop_size)
+    return x
 
 
 def _center_crop(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -190,15 +202,8 @@ class EvalTransform(torch.nn.Module):
         self.normalize = _Normalize(cfg) if normalize else None
 
     def forward(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
         x = image if isinstance(image, torch.Tensor) else F.pil_to_tensor(to_rgb(image))
-        if cfg.resize_shortest_edge is not None:
-            x = _trim_extreme_aspect(x)
-            x = _resize_shortest_edge(x, cfg.resize_shortest_edge, cfg.interpolation)
-        elif cfg.resize_size is not None:
-            x = F.resize(x, list(cfg.resize_size), interpolation=cfg.interpolation, antialias=True)
-        if cfg.center_crop:
-            x = _center_crop(x, cfg.crop_size)
+        x = eval_geometry(x, self.cfg)
         return self.normalize(x) if self.normalize is not None else x
 
 
