@@ -114,14 +114,20 @@ def decode_tensor(value, max_pixels: int | None = DEFAULT_MAX_PIXELS,
 
     `reduction(width, height)` -> 2, 4 or 8 decodes such a JPEG that many times smaller in each side, in libjpeg's
     DCT domain (Pillow's `draft`: 12 MP photos decode ~3x faster at half size); 1 (or None) decodes it whole."""
-    jpeg = plain_jpeg(value, max_pixels) if decode_jpeg is not None else None
-    if jpeg is not None:
-        data, width, height = jpeg
-        factor = reduction(width, height) if reduction is not None else 1
+    data = _file_bytes(value)
+    size = _plain_jpeg_size(data, max_pixels) if data is not None and decode_jpeg is not None else None
+    if size is not None:
+        factor = reduction(*size) if reduction is not None else 1
         try:
-            return _reduced_decode(data, width, height, factor) if factor > 1 else jpeg_to_tensor(data)
+            return _reduced_decode(data, *size, factor) if factor > 1 else jpeg_to_tensor(data)
         except (RuntimeError, OSError, ValueError):
             pass  # corrupt: Pillow names the reason below
+    if data is not None and isinstance(value, (str, dict)):  # the file is read once: Pillow gets its bytes
+        path = value if isinstance(value, str) else value.get("path")
+        try:
+            return pil_to_tensor(decode_image({"bytes": data, "path": path}, max_pixels))
+        except ImageDecodeError:
+            pass  # the reason worded as for the original value, below
     return pil_to_tensor(decode_image(value, max_pixels))
 
 
@@ -146,17 +152,30 @@ def plain_jpeg(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[byte
     """(bytes, width, height) when the file's header says a JPEG that needs nothing but decoding: RGB (YCbCr) or
     grayscale, no EXIF rotation, within `max_pixels`, ending in the end-of-image marker (a cut file does not).
     None for anything else (other formats, CMYK, rotated, too large, unreadable): `decode_image` handles those."""
+    data = _file_bytes(value)
+    size = _plain_jpeg_size(data, max_pixels) if data is not None else None
+    return (data, *size) if size is not None else None
+
+
+def _file_bytes(value) -> bytes | None:
+    """The bytes of a {"bytes", "path"} value or a path; None when there are none or the file cannot be read."""
     try:
         if isinstance(value, dict):
             data = value.get("bytes")
             if data is None and value.get("path"):
                 with open(value["path"], "rb") as file:
                     data = file.read()
-        elif isinstance(value, str):
+            return data
+        if isinstance(value, str):
             with open(value, "rb") as file:
-                data = file.read()
-        else:
-            return None
+                return file.read()
+    except OSError:
+        pass
+    return None
+
+
+def _plain_jpeg_size(data: bytes, max_pixels: int | None) -> tuple[int, int] | None:
+    try:
         if not data or data[:3] != b"\xff\xd8\xff" or data.rstrip(b"\0\r\n")[-2:] != b"\xff\xd9":
             return None
         with _own_size_limit(), Image.open(io.BytesIO(data)) as header:
@@ -167,7 +186,7 @@ def plain_jpeg(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[byte
                 return None
             if "exif" in header.info and header.getexif().get(0x0112, 1) not in (0, 1):
                 return None
-        return data, width, height
+        return width, height
     except Exception:  # anything odd: decode_image decides, and names the reason
         return None
 
