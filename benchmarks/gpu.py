@@ -2,7 +2,7 @@
 with channels-last (its GPU default), `torch_compile` and `gpu_decode`, and decoding alone; plus the nvJPEG eval
 bound. Under 5 minutes on one H200 with 16 cores; nothing downloaded.
 
-    PYTHONPATH=. python3 benchmarks/gpu.py [--images 10752] [--batch 256] [--workers 15] [--quick]
+    PYTHONPATH=. python3 benchmarks/gpu.py [--images 10752] [--batch 256] [--workers 15] [--quick] [--profile]
 
 On the GPU machine (torch, torchvision, transformers and accelerate present; `datasets` not): install the carried
 wheels first, `pip install --no-index --find-links benchmarks/wheels datasets dill multiprocess pyarrow`
@@ -152,6 +152,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="toy sizes, to check the script on a CPU")
     parser.add_argument("--skip-train", action="store_true", help="only the model-step and decode rows")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile each end-to-end run's main thread over the timed steps (benchmarks/train.py)")
     parser.add_argument("--models", nargs="+", default=["resnet50", "tiny"], choices=["resnet50", "tiny"],
                         help="end-to-end rows for these models (resnet50: 4 runs, 2 compiled; tiny: 3 runs)")
     args = parser.parse_args()
@@ -189,8 +191,9 @@ def main() -> None:
         rows += [(f"hf_resnet {options}", dict(common, method="hf_resnet", ours_args=options)) for options in extra]
         rows = [(label, dict(options, output=str(work / f"out-{kind}-{i}")))
                 for i, (label, options) in enumerate(rows)]
-        table = bench.compare(rows, 1)
+        table = bench.compare(rows, 1, profile=args.profile)
         bench.print_table(f"{kind}: end-to-end training images/s", table, rows[0][0])
+        bench.print_profiles(rows, args.steps)
         print(f"({time.perf_counter() - started:.0f} s so far)", flush=True)
     print(f"\nDone in {time.perf_counter() - started:.0f} s.")
 

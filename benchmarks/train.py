@@ -12,15 +12,20 @@ pipeline's ceiling) and `resnet50` (ResNetConfig's defaults). Nothing is downloa
 - hf_example: run_image_classification.py's method: `datasets` imagefolder, `set_transform` with torchvision's
   PIL transforms (RandomResizedCrop, flip, ToTensor, Normalize), a plain `Trainer`, AdamW at 3e-4
 - hf_resnet: `hf-resnet train --config resnet50/imagefolder_full` on the same folder and checkpoint (+ --ours-args)
-Printed: a table of median images/s over --repeats, the ratio to hf_example, and each run's peak RSS.
+Printed: a table of median images/s over --repeats, the ratio to hf_example, each run's peak RSS, and CPU time
+over the timed steps: the main thread's per step (the Python driving the GPU: when it nears the step's wall time,
+the run is bound by it), the main process's per step (adds torch's threads and the pin-memory thread) and the
+DataLoader workers' per image. `--profile` adds, per run, where the main thread's time per step goes (cProfile).
 `benchmarks/gpu.py` runs this on a GPU with more rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import resource
 import shlex
 import statistics
@@ -41,23 +46,50 @@ if not DEFAULT_SOURCE.is_dir():
 
 class StepTimer(TrainerCallback):
     """Wall time from the end of optimizer step `warmup` to the end of step `warmup + steps` (CUDA synchronised at
-    those two points only), then stops the run."""
+    those two points only), then stops the run. Over the same window: the main thread's CPU time (the Python that
+    drives each step: the Trainer, our hooks, kernel launches), the whole main process's (adds torch's intra-op
+    threads and the pin-memory thread) and the DataLoader workers' (child processes, read from /proc)."""
 
-    def __init__(self, warmup: int, steps: int):
-        self.warmup, self.steps = warmup, steps
+    def __init__(self, warmup: int, steps: int, profile: str | None = None):
+        self.warmup, self.steps, self.profile = warmup, steps, profile
         self.start = self.seconds = None
+        self.cpu: dict[str, float] = {}
+        self.profiler = cProfile.Profile() if profile else None
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step in (self.warmup, self.warmup + self.steps):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             now = time.perf_counter()
+            clocks = {"main_thread": time.thread_time(), "main_process": time.process_time(),
+                      "workers": children_cpu_seconds()}
             if state.global_step == self.warmup:
-                self.start = now
+                self.start, self._clocks = now, clocks
+                if self.profiler is not None:
+                    self.profiler.enable()
             else:
+                if self.profiler is not None:
+                    self.profiler.disable()
+                    self.profiler.dump_stats(self.profile)
                 self.seconds = now - self.start
+                self.cpu = {name: clocks[name] - self._clocks[name] for name in clocks}
                 control.should_training_stop = True
         return control
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's children (the DataLoader workers): the live ones (from /proc)
+    plus the ended ones (RUSAGE_CHILDREN), so a worker that exits inside the window still counts once."""
+    me, ticks = str(os.getpid()), 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # the process ended meanwhile
+            continue
+        if fields[1] == me:
+            ticks += int(fields[11]) + int(fields[12])
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ticks / os.sysconf("SC_CLK_TCK") + ended.ru_utime + ended.ru_stime
 
 
 # Data and checkpoints -------------------------------------------------------------------------------------------
@@ -156,14 +188,17 @@ def run_hf_resnet(options: dict, timer: StepTimer) -> None:
 
 
 def child(options: dict) -> None:
-    timer = StepTimer(options["warmup"], options["steps"])
+    timer = StepTimer(options["warmup"], options["steps"], options.get("profile"))
     torch.manual_seed(0)
     (run_hf_example if options["method"] == "hf_example" else run_hf_resnet)(options, timer)
     if timer.seconds is None:
         raise SystemExit("the run ended before the timed steps: lower --warmup/--steps or add --images")
     images = options["steps"] * options["batch"]
     print("RESULT " + json.dumps({"images_per_second": images / timer.seconds,
-                                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                                  "main_thread_ms_per_step": 1000 * timer.cpu["main_thread"] / options["steps"],
+                                  "main_process_ms_per_step": 1000 * timer.cpu["main_process"] / options["steps"],
+                                  "worker_ms_per_image": 1000 * timer.cpu["workers"] / images}))
 
 
 def run_once(options: dict) -> dict:
@@ -178,23 +213,58 @@ def run_once(options: dict) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def compare(rows: list[tuple[str, dict]], repeats: int) -> dict[str, dict]:
-    """Each (name, options) run `repeats` times, interleaved; -> name: {median images/s, peak RSS}."""
+def compare(rows: list[tuple[str, dict]], repeats: int, profile: bool = False) -> dict[str, dict]:
+    """Each (name, options) run `repeats` times, interleaved; -> name: {median images/s, CPU columns, peak RSS}.
+    With `profile`, each run's main thread is profiled over the timed steps into `<output>.prof` (the last repeat's
+    stays; `print_profiles` reads them)."""
+    if profile:
+        rows = [(name, dict(options, profile=options["output"] + ".prof")) for name, options in rows]
     results: dict[str, list[dict]] = {name: [] for name, _ in rows}
     for _ in range(repeats):
         for name, options in rows:
             results[name].append(run_once(options))
-    return {name: {"images_per_second": statistics.median(r["images_per_second"] for r in runs),
+    return {name: {**{key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "peak_rss_mib"},
                    "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)} for name, runs in results.items()}
 
 
+# What the main thread runs per step: the Trainer's loop and the hooks hf-resnet adds (cumulative, children included).
+PROFILED = ("training_step", "compute_loss", "_prepare_inputs", "backward", "guarded_step", "step", "__next__",
+            "call_event", "normalize", "__call__")
+
+
+def print_profile(name: str, path: str, steps: int) -> None:
+    """Main-thread ms per step of the Trainer's and hf-resnet's step functions, from the steady-state profile."""
+    stats = pstats.Stats(path).stats
+    rows = [(cumulative * 1000 / steps, f"{Path(file).parent.name}/{Path(file).name}:{function}")
+            for (file, _, function), (_, _, _, cumulative, _) in stats.items()
+            if function in PROFILED and ("hf_resnet" in file or "transformers/trainer" in file
+                                         or "accelerate" in file or "torch/utils/data" in file)]
+    print(f"\n{name}: main-thread ms per step (cProfile, steps in the timed window; includes what they call)")
+    for ms, where in sorted(rows, reverse=True)[:14]:
+        print(f"  {ms:9.2f}  {where}")
+
+
+def print_profiles(rows: list[tuple[str, dict]], steps: int) -> None:
+    for name, options in rows:
+        if Path(options["output"] + ".prof").is_file():
+            print_profile(name, options["output"] + ".prof", steps)
+
+
+CPU_COLUMNS = (("main_thread_ms_per_step", "main thr ms/step"), ("main_process_ms_per_step", "main proc ms/step"),
+               ("worker_ms_per_image", "worker ms/img"))
+
+
 def print_table(title: str, table: dict[str, dict], baseline: str) -> None:
+    """images/s, the ratio to `baseline`, peak RSS, and the CPU columns where the rows have them (medians)."""
+    cpu = [(key, label) for key, label in CPU_COLUMNS if all(key in row for row in table.values())]
     print(f"\n{title}")
-    print(f"{'run':<56}{'images/s':>10}{'ratio':>8}{'peak RSS MiB':>14}   (ratio: to the first row)")
+    print(f"{'run':<56}{'images/s':>10}{'ratio':>8}{'peak RSS MiB':>14}" + "".join(f"{label:>19}" for _, label in cpu)
+          + "   (ratio: to the first row)")
     base = table[baseline]["images_per_second"]
     for name, row in table.items():
         rss = f"{row['peak_rss_mib']:.0f}" if row["peak_rss_mib"] else "-"
-        print(f"{name:<56}{row['images_per_second']:>10.1f}{row['images_per_second'] / base:>8.2f}{rss:>14}")
+        print(f"{name:<56}{row['images_per_second']:>10.1f}{row['images_per_second'] / base:>8.2f}{rss:>14}"
+              + "".join(f"{row[key]:>19.2f}" for key, _ in cpu))
 
 
 def main() -> None:
@@ -211,6 +281,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--ours-args", default="", help="extra hf-resnet train arguments for an extra row")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile each run's main thread over the timed steps (cProfile) and print where "
+                             "its time per step goes")
     parser.add_argument("--work", type=Path, help="where to make the data and checkpoints (default: a temp dir)")
     args = parser.parse_args()
     if args.child:
@@ -232,7 +305,8 @@ def main() -> None:
         if args.ours_args:
             rows.append((f"hf_resnet {args.ours_args}", dict(common, method="hf_resnet", ours_args=args.ours_args,
                                                              output=str(work / f"out-{kind}-ours-extra"))))
-        print_table(f"{kind}: training images/s", compare(rows, args.repeats), "hf_example")
+        print_table(f"{kind}: training images/s", compare(rows, args.repeats, profile=args.profile), "hf_example")
+        print_profiles(rows, args.steps)
 
 
 if __name__ == "__main__":
