@@ -236,6 +236,14 @@ class DataArguments:
                     f"`gpu_decode: true` does the random crop and flip on the GPU, but not {', '.join(on_cpu)}; set "
                     f"{' and '.join(f'`{name}`' for name in on_cpu)} to 0 / none, or `gpu_decode: false`."
                 )
+            from .images import JPEG_DECODER
+
+            if JPEG_DECODER == "pillow":
+                raise ConfigError(
+                    "`gpu_decode: true` needs a batch JPEG decoder with nvJPEG, and none loads here: "
+                    "`pip install torchcodec` (or a torchvision that still has `torchvision.io.decode_jpeg`), or "
+                    "`gpu_decode: false`."
+                )
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import warnings
 from collections.abc import Callable
@@ -22,11 +23,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2.functional import pil_to_tensor
-
-try:
-    from torchvision.io import ImageReadMode, decode_jpeg
-except ImportError:  # a torchvision without image decoding (deprecated in 0.29 for TorchCodec): Pillow decodes
-    decode_jpeg = None
 
 from .constants import DEFAULT_MAX_PIXELS
 
@@ -108,14 +104,14 @@ def decode_image(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Im
 def decode_tensor(value, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                   reduction: Callable[[int, int], int] | None = None) -> torch.Tensor:
     """`decode_image`, as a uint8 (3, H, W) tensor. Upright RGB or grayscale JPEGs (most photo datasets) are
-    decoded by torchvision's libjpeg-turbo straight into the tensor, skipping Pillow's image object and the copy
+    decoded by libjpeg-turbo (`JPEG_DECODER`) straight into the tensor, skipping Pillow's image object and the copy
     out of it (the pixels are Pillow's: tests compare them); every other file, and any error, goes through
     `decode_image`, so odd images get the same RGB and broken ones the same reason.
 
     `reduction(width, height)` -> 2, 4 or 8 decodes such a JPEG that many times smaller in each side, in libjpeg's
     DCT domain (Pillow's `draft`: 12 MP photos decode ~3x faster at half size); 1 (or None) decodes it whole."""
     data = _file_bytes(value)
-    size = _plain_jpeg_size(data, max_pixels) if data is not None and decode_jpeg is not None else None
+    size = _plain_jpeg_size(data, max_pixels) if data is not None and _decode_jpegs is not None else None
     if size is not None:
         factor = reduction(*size) if reduction is not None else 1
         try:
@@ -137,15 +133,63 @@ def _reduced_decode(data: bytes, width: int, height: int, factor: int) -> torch.
         return pil_to_tensor(image.convert("RGB"))
 
 
-def jpeg_to_tensor(data: bytes | list[bytes], device: str | torch.device = "cpu"):
-    """JPEG bytes (or a list of them: one batched call, which nvJPEG runs in parallel with `device="cuda"`) ->
-    uint8 RGB (3, H, W) tensors on `device`. Raises RuntimeError on a corrupt file."""
-    batch = [data] if isinstance(data, (bytes, bytearray)) else list(data)
-    encoded = [torch.frombuffer(bytearray(item), dtype=torch.uint8) for item in batch]
+def _torchcodec_jpegs(blobs: list[bytes], device) -> list[torch.Tensor]:
+    from torchcodec.decoders import decode_jpeg
+
+    return decode_jpeg(blobs, mode="RGB", device=device)
+
+
+def _torchvision_jpegs(blobs: list[bytes], device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's; they still work
         warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-    return decoded[0] if isinstance(data, (bytes, bytearray)) else decoded
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+
+
+def available_jpeg_decoders() -> dict[str, Callable]:
+    """The libjpeg-turbo (CPU) / nvJPEG (CUDA) batch decoders this install can load, best first: TorchCodec's
+    (>= 0.16, the successor of torchvision's image decoders), then torchvision's (deprecated since 0.29, to be
+    removed). Empty when neither loads; Pillow then decodes every file."""
+    probe = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 90)).save(probe, "JPEG")
+    decoders = {}
+    for name, decode in (("torchcodec", _torchcodec_jpegs), ("torchvision", _torchvision_jpegs)):
+        try:
+            if tuple(decode([probe.getvalue()], "cpu")[0].shape) != (3, 8, 8):
+                continue
+        except Exception:  # not installed, built without image decoding, or built for another torch
+            continue
+        decoders[name] = decode
+    return decoders
+
+
+def _chosen_decoder() -> str:
+    """HF_RESNET_JPEG_DECODER=torchcodec|torchvision|pillow picks one (tests, benchmarks); else the best here."""
+    name = os.environ.get("HF_RESNET_JPEG_DECODER", "").strip().lower()
+    if not name:
+        return next(iter(_DECODERS), "pillow")
+    if name != "pillow" and name not in _DECODERS:
+        raise ValueError(f"HF_RESNET_JPEG_DECODER={name!r}: not a JPEG decoder that loads here; use one of "
+                         f"{', '.join([*_DECODERS, 'pillow'])}, or unset it.")
+    return name
+
+
+_DECODERS = available_jpeg_decoders()
+JPEG_DECODER = _chosen_decoder()  # once per process
+_decode_jpegs = _DECODERS.get(JPEG_DECODER)
+
+
+def jpeg_to_tensor(data: bytes | list[bytes], device: str | torch.device = "cpu"):
+    """JPEG bytes (or a list of them: one batched call, which nvJPEG runs in parallel with `device="cuda"`) ->
+    uint8 RGB (3, H, W) tensors on `device`, by `JPEG_DECODER`. Raises RuntimeError on a corrupt file, or when no
+    JPEG decoder loads (callers then decode with Pillow)."""
+    if _decode_jpegs is None:
+        raise RuntimeError(f"no JPEG decoder: {JPEG_DECODER!r} (available: {', '.join(_DECODERS) or 'none'})")
+    single = isinstance(data, (bytes, bytearray))
+    decoded = _decode_jpegs([bytes(data)] if single else [bytes(item) for item in data], device)
+    return decoded[0] if single else list(decoded)
 
 
 def plain_jpeg(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[bytes, int, int] | None:

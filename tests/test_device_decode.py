@@ -122,6 +122,17 @@ def test_gpu_decode_refuses_augmentations_it_cannot_run():
     DataArguments(dataset_name="bundled:digits", gpu_decode=True)  # crop and flip: fine
 
 
+def test_gpu_decode_names_the_fix_when_no_jpeg_decoder_loads(monkeypatch):
+    from hf_resnet import images
+    from hf_resnet.configs import DataArguments
+    from hf_resnet.errors import ConfigError
+
+    monkeypatch.setattr(images, "JPEG_DECODER", "pillow")
+    with pytest.raises(ConfigError, match="pip install torchcodec"):
+        DataArguments(dataset_name="bundled:digits", gpu_decode=True)
+    DataArguments(dataset_name="bundled:digits")  # without gpu_decode Pillow decodes: fine
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("streaming", ["false", "true"])
 def test_training_with_gpu_decode_learns_and_reports(tmp_path, streaming):

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor
 
+from hf_resnet import images as images_module
 from hf_resnet.bundled import resolve_asset
 from hf_resnet.images import ImageDecodeError, decode_image
 from hf_resnet.transforms import PreprocessConfig, build_eval_transform
@@ -241,9 +242,39 @@ def test_undecodable_bytes_message_names_the_file():
     assert "photos/cat.jpg" in str(info.value) and "BytesIO" not in str(info.value)
 
 
-def test_decode_tensor_gives_pillows_pixels_for_every_kind_of_file(tmp_path):
-    """The fast path (libjpeg-turbo into a tensor) and the Pillow path agree pixel for pixel: real photos, a
-    grayscale and a CMYK JPEG, an EXIF-rotated one, and a PNG."""
+# Every JPEG decoder this install loads (torchcodec and torchvision with `.[dev]`), and none (Pillow alone).
+DECODERS = [*images_module.available_jpeg_decoders(), "pillow"]
+
+
+@pytest.fixture(params=DECODERS)
+def jpeg_decoder(request, monkeypatch):
+    """Decode through one backend; yields the files it decoded (the fast path), so a test can check it ran."""
+    decoded: list[int] = []
+    decode = images_module.available_jpeg_decoders().get(request.param)
+
+    def spy(blobs, device):
+        decoded.extend(len(blob) for blob in blobs)
+        return decode(blobs, device)
+
+    monkeypatch.setattr(images_module, "JPEG_DECODER", request.param)
+    monkeypatch.setattr(images_module, "_decode_jpegs", spy if decode is not None else None)
+    yield decoded
+
+
+def test_the_best_jpeg_decoder_is_chosen_and_a_wrong_choice_is_refused(monkeypatch):
+    assert DECODERS[0] == "torchcodec" or "torchcodec" not in DECODERS  # TorchCodec first where it loads
+    monkeypatch.delenv("HF_RESNET_JPEG_DECODER", raising=False)
+    assert images_module._chosen_decoder() == DECODERS[0]
+    monkeypatch.setenv("HF_RESNET_JPEG_DECODER", "Pillow")
+    assert images_module._chosen_decoder() == "pillow"
+    monkeypatch.setenv("HF_RESNET_JPEG_DECODER", "nvjpeg")
+    with pytest.raises(ValueError, match="HF_RESNET_JPEG_DECODER='nvjpeg'.*use one of"):
+        images_module._chosen_decoder()
+
+
+def test_decode_tensor_gives_pillows_pixels_for_every_kind_of_file(tmp_path, jpeg_decoder):
+    """The fast path (libjpeg-turbo into a tensor, by each decoder that loads) and the Pillow path agree pixel for
+    pixel: real photos, a grayscale and a CMYK JPEG, an EXIF-rotated one, and a PNG."""
     from conftest import PHOTOS
     from torchvision.transforms.v2.functional import pil_to_tensor
 
@@ -267,10 +298,13 @@ def test_decode_tensor_gives_pillows_pixels_for_every_kind_of_file(tmp_path):
     for odd in ("cmyk.jpg", "rotated.jpg", "picture.png"):  # ... and these went through Pillow
         assert plain_jpeg(str(tmp_path / odd)) is None
     assert decode_tensor(str(tmp_path / "rotated.jpg")).shape[1:] == (50, 30)  # upright
+    photos = len(list(PHOTOS.rglob("*.jpg")))
+    fast = 0 if images_module.JPEG_DECODER == "pillow" else photos + 1  # the photos and gray.jpg, nothing else
+    assert len(jpeg_decoder) == fast
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
-def test_decode_tensor_refuses_what_decode_image_refuses_with_the_same_reason(tmp_path, name):
+def test_decode_tensor_refuses_what_decode_image_refuses_with_the_same_reason(tmp_path, name, jpeg_decoder):
     from hf_resnet.images import decode_tensor
 
     make, _ = BAD_FILES[name]
