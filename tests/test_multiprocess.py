@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -161,6 +162,47 @@ def test_gpu_decode_with_a_stream_under_two_processes_scores_every_image_once(tm
     out = tmp_path / "out"
     launch(recipe_args(out, folders, gpu_decode="true", streaming="true", num_train_epochs="1"))
     assert json.loads((out / "report" / "validation" / "eval_report.json").read_text())["scored"] == 24
+
+
+def trained(out, since: int = 0) -> dict[tuple[int, int], list[int]]:
+    """(rank, global step before the batch) -> the example ids that process trained on (padding left out)."""
+    from hf_resnet.distributed import read_example_log
+
+    return {(row["rank"], row["step"]): [i for i in row["ids"] if i >= 0]
+            for row in read_example_log(out) if row["split"] == "train" and row["step"] >= since}
+
+
+@pytest.mark.slow
+def test_balanced_sampler_and_a_mid_epoch_resume_under_two_processes(tmp_path, colour_folders):
+    """The balanced draw depends only on (seed, epoch): two processes together train, each epoch, the very
+    examples one process trains, each as often as drawn (with replacement), none twice by the split. And a run
+    resumed under two processes from a mid-epoch checkpoint trains the same batches on the same processes after
+    it, and ends weight for weight where the uninterrupted run ends."""
+    from collections import Counter
+
+    from conftest import finetune
+
+    args = dict(num_train_epochs="2", balanced_sampler="true", log_example_ids="true", save_strategy="steps",
+                save_steps="3", save_total_limit="5", eval_strategy="no")
+    one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
+    finetune(recipe_args(one, colour_folders, **args))  # 9 steps per epoch
+    launch(recipe_args(two, colour_folders, **args))  # 5 steps per epoch; checkpoints at 3 (mid-epoch), 6, 9
+
+    def per_epoch(out, steps_per_epoch):
+        epochs = [Counter() for _ in range(2)]
+        for (_, step), ids in trained(out).items():
+            epochs[step // steps_per_epoch].update(ids)
+        return epochs
+
+    alone, together = per_epoch(one, 9), per_epoch(two, 5)
+    assert alone == together and all(sum(c.values()) == 72 for c in alone)
+    assert any(count > 1 for count in alone[0].values())  # a draw with replacement: the test can tell copies apart
+
+    shutil.copytree(two / "checkpoint-3", resumed / "checkpoint-3")
+    launch(recipe_args(resumed, colour_folders, **args, resume_from_checkpoint=str(resumed / "checkpoint-3")))
+    assert trained(resumed) == trained(two, since=3) != {}
+    a, b = load_file(str(two / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert [name for name in a if not torch.equal(a[name], b[name])] == []
 
 
 def test_only_dispatched_streams_are_kept_from_the_device():
