@@ -8,6 +8,7 @@ touched.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -246,6 +247,19 @@ class DataArguments:
                 )
 
 
+def copies_without_waiting(accelerator_config):
+    """`accelerator_config` with `non_blocking: true` unless it says otherwise: each batch's host-to-GPU copy (from
+    pinned memory) is queued behind the running step instead of the CPU waiting for that step to finish, so the
+    CPU prepares the next step meanwhile. A JSON file's path is left as the user wrote it."""
+    if accelerator_config is None:
+        return {"non_blocking": True}
+    if isinstance(accelerator_config, str) and accelerator_config.lstrip().startswith("{"):
+        accelerator_config = json.loads(accelerator_config)
+    if isinstance(accelerator_config, dict):
+        return {"non_blocking": True, **accelerator_config}
+    return accelerator_config
+
+
 @dataclass
 class FinetuneTrainingArguments(TrainingArguments):
     """`TrainingArguments` with defaults that suit image classification (every Trainer field is still accepted)."""
@@ -298,6 +312,8 @@ class FinetuneTrainingArguments(TrainingArguments):
             )
         if self.on_nonfinite_loss not in ("stop", "skip"):
             raise ConfigError(f"`on_nonfinite_loss` must be 'stop' or 'skip', got {self.on_nonfinite_loss!r}.")
+        if self.dataloader_pin_memory and torch.cuda.is_available() and not self.use_cpu:
+            self.accelerator_config = copies_without_waiting(self.accelerator_config)
         super().__post_init__()
 
     def cap_dataloader_workers(self) -> str | None:

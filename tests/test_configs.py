@@ -1,6 +1,7 @@
 """Argument dataclasses reject values that cannot work, before any data or weights are touched."""
 
 import pytest
+import torch
 
 from hf_resnet.configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from hf_resnet.errors import ConfigError
@@ -97,3 +98,19 @@ def test_strategy_settings_that_contradict_the_trainers(tmp_path, strategy, trai
 def test_bad_augmentation_values(tmp_path, values, match):
     with pytest.raises(ConfigError, match=match):
         DataArguments(train_dir=str(tmp_path), **values)
+
+
+def test_gpu_batches_are_copied_without_waiting_unless_the_user_says_otherwise(tmp_path):
+    """On a GPU the host-to-device copy of each pinned batch is queued (accelerate's `non_blocking`) so the CPU
+    does not wait for the running step; a setting the user wrote wins; on the CPU nothing changes."""
+    from hf_resnet.configs import copies_without_waiting
+
+    assert copies_without_waiting(None) == {"non_blocking": True}
+    assert copies_without_waiting({"even_batches": False}) == {"non_blocking": True, "even_batches": False}
+    assert copies_without_waiting({"non_blocking": False}) == {"non_blocking": False}
+    assert copies_without_waiting('{"non_blocking": false}') == {"non_blocking": False}
+    assert copies_without_waiting("accelerator.json") == "accelerator.json"
+    queued = FinetuneTrainingArguments(output_dir=str(tmp_path), accelerator_config=copies_without_waiting(None))
+    assert queued.accelerator_config.non_blocking is True  # what the Trainer hands accelerate's DataLoaderShard
+    default = FinetuneTrainingArguments(output_dir=str(tmp_path)).accelerator_config.non_blocking
+    assert default is torch.cuda.is_available()
