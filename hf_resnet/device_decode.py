@@ -17,7 +17,9 @@ README, not bit-exact (nvJPEG's IDCT differs from libjpeg-turbo's by a level her
 Files the fast path cannot take (PNG, CMYK, EXIF-rotated, no end marker, over the pixel limit) are decoded and
 transformed in the worker as without `gpu_decode` and join the same batch as uint8; a file nvJPEG rejects is
 decoded again on the CPU, and if that fails too it is recorded and skipped like any other bad image, never
-silently. On a machine without CUDA the same code runs with torchvision's CPU decoder (what the tests exercise).
+silently. The decoder is the first (TorchCodec's, then torchvision's) that decodes a probe on the model's device
+at start-up (`images.jpeg_decoder_for`); none is a configuration error. On a machine without CUDA the same code
+runs with the CPU decoder (what the tests exercise).
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ class DeviceDecoder:
     flips each, and normalises the whole batch (the uint8 images the workers decoded themselves included)."""
 
     def __init__(self, cfg: PreprocessConfig, normalizer: BatchNormalizer,
-                 on_failure: Callable[[str | None, int, str], None] | None = None):
+                 on_failure: Callable[[str | None, int, str], None] | None = None, decoder: str | None = None):
         self.cfg = cfg
         self.normalizer = normalizer
         self.on_failure = on_failure  # (split, example id, reason): a file neither nvJPEG nor Pillow could read
+        self.decoder = decoder  # `images.jpeg_decoder_for(device)`: one that decodes on the model's device
 
     def __call__(self, inputs: dict) -> dict:
         """`inputs` as collated (`inputs.collate`) and moved to the device; `jpeg_bytes` is a list of bytes."""
@@ -74,13 +77,13 @@ class DeviceDecoder:
         """One batched decode; if nvJPEG refuses the batch, each file alone, then Pillow for the ones it refuses."""
         self._errors: dict[int, str] = {}
         try:
-            return list(jpeg_to_tensor(blobs, device=device))
+            return list(jpeg_to_tensor(blobs, device=device, decoder=self.decoder))
         except RuntimeError:
             pass
         images: list[torch.Tensor | None] = []
         for slot, data in enumerate(blobs):
             try:
-                images.append(jpeg_to_tensor(data, device=device))
+                images.append(jpeg_to_tensor(data, device=device, decoder=self.decoder))
                 continue
             except RuntimeError:
                 pass

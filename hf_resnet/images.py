@@ -148,21 +148,41 @@ def _torchvision_jpegs(blobs: list[bytes], device) -> list[torch.Tensor]:
         return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
 
 
+def _probe_jpeg() -> bytes:
+    probe = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 90)).save(probe, "JPEG")
+    return probe.getvalue()
+
+
+def _decodes(decode: Callable, device) -> str | None:
+    """None if `decode` turns a probe JPEG into an 8x8 RGB tensor on `device`; else why not."""
+    try:
+        decoded = decode([_probe_jpeg()], device)[0]
+    except Exception as err:  # not installed, built without image decoding or nvJPEG, built for another torch...
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return None if tuple(decoded.shape) == (3, 8, 8) else f"decoded to shape {tuple(decoded.shape)}"
+
+
 def available_jpeg_decoders() -> dict[str, Callable]:
     """The libjpeg-turbo (CPU) / nvJPEG (CUDA) batch decoders this install can load, best first: TorchCodec's
     (>= 0.16, the successor of torchvision's image decoders), then torchvision's (deprecated since 0.29, to be
     removed). Empty when neither loads; Pillow then decodes every file."""
-    probe = io.BytesIO()
-    Image.new("RGB", (8, 8), (200, 30, 90)).save(probe, "JPEG")
-    decoders = {}
-    for name, decode in (("torchcodec", _torchcodec_jpegs), ("torchvision", _torchvision_jpegs)):
-        try:
-            if tuple(decode([probe.getvalue()], "cpu")[0].shape) != (3, 8, 8):
-                continue
-        except Exception:  # not installed, built without image decoding, or built for another torch
-            continue
-        decoders[name] = decode
-    return decoders
+    candidates = (("torchcodec", _torchcodec_jpegs), ("torchvision", _torchvision_jpegs))
+    return {name: decode for name, decode in candidates if _decodes(decode, "cpu") is None}
+
+
+def jpeg_decoder_for(device) -> str:
+    """The batch decoder to use on `device` (`gpu_decode`): `JPEG_DECODER` if it decodes there, else the next one
+    that does (a TorchCodec or torchvision build may decode on the CPU but lack nvJPEG for this CUDA). Raises
+    RuntimeError saying why each one failed."""
+    order = [JPEG_DECODER, *(name for name in _DECODERS if name != JPEG_DECODER)]
+    failures = []
+    for name in (name for name in order if name in _DECODERS):
+        reason = _decodes(_DECODERS[name], device)
+        if reason is None:
+            return name
+        failures.append(f"{name}: {reason}")
+    raise RuntimeError(f"no JPEG decoder decodes on {device}: {'; '.join(failures) or 'none loads'}")
 
 
 def _chosen_decoder() -> str:
@@ -181,14 +201,16 @@ JPEG_DECODER = _chosen_decoder()  # once per process
 _decode_jpegs = _DECODERS.get(JPEG_DECODER)
 
 
-def jpeg_to_tensor(data: bytes | list[bytes], device: str | torch.device = "cpu"):
+def jpeg_to_tensor(data: bytes | list[bytes], device: str | torch.device = "cpu", decoder: str | None = None):
     """JPEG bytes (or a list of them: one batched call, which nvJPEG runs in parallel with `device="cuda"`) ->
-    uint8 RGB (3, H, W) tensors on `device`, by `JPEG_DECODER`. Raises RuntimeError on a corrupt file, or when no
-    JPEG decoder loads (callers then decode with Pillow)."""
-    if _decode_jpegs is None:
-        raise RuntimeError(f"no JPEG decoder: {JPEG_DECODER!r} (available: {', '.join(_DECODERS) or 'none'})")
+    uint8 RGB (3, H, W) tensors on `device`, by `decoder` (default `JPEG_DECODER`). Raises RuntimeError on a
+    corrupt file, or when no JPEG decoder loads (callers then decode with Pillow)."""
+    decode = _decode_jpegs if decoder is None else _DECODERS.get(decoder)
+    if decode is None:
+        available = ", ".join(_DECODERS) or "none"
+        raise RuntimeError(f"no JPEG decoder: {decoder or JPEG_DECODER!r} (available: {available})")
     single = isinstance(data, (bytes, bytearray))
-    decoded = _decode_jpegs([bytes(data)] if single else [bytes(item) for item in data], device)
+    decoded = decode([bytes(data)] if single else [bytes(item) for item in data], device)
     return decoded[0] if single else list(decoded)
 
 

@@ -26,7 +26,9 @@ from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from .constants import TEST_SPLIT
 from .data import ImageData, load_image_data, plan_streamed_steps
 from .device_decode import DeviceDecoder, record_device_skip
+from .errors import ConfigError
 from .hub import settle_offline_mode
+from .images import jpeg_decoder_for
 from .inference import Classifier
 from .inputs import build_split_inputs, file_names
 from .modeling import build_model, head_label_map, load_config, load_image_processor
@@ -182,8 +184,14 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
         if training_args.device.type != "cuda":
             logger.warning("`gpu_decode: true` without a CUDA device: JPEGs are decoded in the main process on the "
                            "CPU, slower than in the DataLoader workers. Set `gpu_decode: false` here.")
-        device_decoder = DeviceDecoder(pre, normalizer, on_failure=functools.partial(record_device_skip,
-                                                                                     training_args.output_dir))
+        try:
+            decoder = jpeg_decoder_for(training_args.device)
+        except RuntimeError as err:
+            raise ConfigError(f"`gpu_decode: true`: {err}. Install a torchcodec or torchvision built for this "
+                              "CUDA, or set `gpu_decode: false`.") from err
+        logger.info("gpu_decode: JPEGs decoded on %s by %s", training_args.device, decoder)
+        device_decoder = DeviceDecoder(pre, normalizer, decoder=decoder,
+                                       on_failure=functools.partial(record_device_skip, training_args.output_dir))
     card = card_info(data, model_args, data_args, strategy_args, training_args, model, head_labels, pre)
     trainer = ImageClassificationTrainer(
         model=model, args=training_args, train_dataset=train_set if training_args.do_train else None,

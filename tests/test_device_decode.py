@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as F
 from hf_resnet.bundled import resolve_asset
 from hf_resnet.device_decode import DeviceDecoder
 from hf_resnet.errors import ConfigError
-from hf_resnet.images import decode_tensor
+from hf_resnet.images import available_jpeg_decoders, decode_tensor
 from hf_resnet.inputs import ExampleTransform, collate
 from hf_resnet.transforms import (
     BatchNormalizer,
@@ -41,9 +41,9 @@ def batch_of(files, cfg, device_decode, seed=None) -> dict:
     return collate([transform({"image": {"path": str(f), "bytes": None}, "label": 0}, i) for i, f in enumerate(files)])
 
 
-def on_device(batch: dict, cfg, device="cpu") -> torch.Tensor:
+def on_device(batch: dict, cfg, device="cpu", decoder=None) -> torch.Tensor:
     inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-    return DeviceDecoder(cfg, BatchNormalizer(cfg))(inputs)["pixel_values"]
+    return DeviceDecoder(cfg, BatchNormalizer(cfg), decoder=decoder)(inputs)["pixel_values"]
 
 
 def test_eval_on_the_device_is_within_two_levels_of_the_processor_exact_path():
@@ -122,6 +122,24 @@ def test_gpu_decode_refuses_augmentations_it_cannot_run():
     DataArguments(dataset_name="bundled:digits", gpu_decode=True)  # crop and flip: fine
 
 
+def test_the_device_gets_a_decoder_that_decodes_there(monkeypatch):
+    """A decoder that loads but cannot decode on the model's device (a build without nvJPEG for this CUDA) is
+    passed over for the next; when none decodes there, the error says why each failed."""
+    from hf_resnet import images
+
+    working = images.available_jpeg_decoders()["torchvision"]
+
+    def without_nvjpeg(blobs, device):
+        raise RuntimeError("nvjpeg: no CUDA runtime 13")
+
+    monkeypatch.setattr(images, "_DECODERS", {"torchcodec": without_nvjpeg, "torchvision": working})
+    monkeypatch.setattr(images, "JPEG_DECODER", "torchcodec")
+    assert images.jpeg_decoder_for("cpu") == "torchvision"
+    monkeypatch.setattr(images, "_DECODERS", {"torchcodec": without_nvjpeg})
+    with pytest.raises(RuntimeError, match="no JPEG decoder decodes on cpu: torchcodec: RuntimeError: nvjpeg"):
+        images.jpeg_decoder_for("cpu")
+
+
 def test_gpu_decode_names_the_fix_when_no_jpeg_decoder_loads(monkeypatch):
     from hf_resnet import images
     from hf_resnet.configs import DataArguments
@@ -150,11 +168,12 @@ def test_training_with_gpu_decode_learns_and_reports(tmp_path, streaming):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for nvJPEG (run on the GPU machine)")
-def test_nvjpeg_eval_stays_within_the_stated_bound_of_the_processor():
+@pytest.mark.parametrize("decoder", list(available_jpeg_decoders()))
+def test_nvjpeg_eval_stays_within_the_stated_bound_of_the_processor(decoder):
     cfg = resnet50_cfg()
     batch = batch_of(PHOTO_FILES, cfg, DeviceDecode(train=False))
     exact = BatchNormalizer(cfg)(torch.stack([build_eval_transform(cfg, False)(decode_tensor(str(f)))
                                               for f in PHOTO_FILES]))
-    difference = (on_device(batch, cfg, "cuda").cpu() - exact).abs()
-    print(f"nvJPEG eval vs processor: max {difference.max():.4f}, mean {difference.mean():.5f}")
+    difference = (on_device(batch, cfg, "cuda", decoder).cpu() - exact).abs()
+    print(f"nvJPEG ({decoder}) eval vs processor: max {difference.max():.4f}, mean {difference.mean():.5f}")
     assert difference.mean() < 1e-2 and difference.max() < 0.25
