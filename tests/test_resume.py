@@ -29,8 +29,9 @@ def command(out, folders, workers, streaming="false"):
 
 def start(cmd, log):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log, "a") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    with open(log, "a") as handle:  # the child keeps its own copy of the descriptor; its own process group
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def finish(cmd, log) -> str:
@@ -94,13 +95,14 @@ def test_streamed_run_resumes_after_sigkill(tmp_path, colour_folders):
 
 @pytest.mark.slow
 def test_ctrl_c_says_how_to_go_on_instead_of_a_traceback(tmp_path, colour_folders):
+    """Ctrl-C in a terminal signals the whole process group: the run and its DataLoader workers."""
     out, log = tmp_path / "out", tmp_path / "log.txt"
-    proc = start(command(out, colour_folders, 0), log)
+    proc = start(command(out, colour_folders, 2), log)
     deadline = time.monotonic() + DEADLINE_S
     while not (out / "checkpoint-4" / "trainer_state.json").exists():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=DEADLINE_S) == 130
     text = log.read_text()
     assert "interrupted." in text and "rerun the same command to resume from it" in text, text[-2000:]
