@@ -14,12 +14,14 @@ run on a CPU to check the script).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -141,6 +143,15 @@ def eval_bound(device: str) -> dict:
             "share_over_1e-2": float((difference > 1e-2).float().mean())}
 
 
+@contextlib.contextmanager
+def section(name: str):
+    """A part that fails prints its traceback and lets the next part run: the GPU machine gives one try."""
+    try:
+        yield
+    except Exception:
+        print(f"\n{name}: FAILED\n{traceback.format_exc()}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=REPO / "tests" / "data" / "photos")
@@ -152,6 +163,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="toy sizes, to check the script on a CPU")
     parser.add_argument("--skip-train", action="store_true", help="only the model-step and decode rows")
+    parser.add_argument("--run-timeout", type=float, default=150,
+                        help="seconds one end-to-end run may take before it is stopped and the next row runs")
     parser.add_argument("--profile", action="store_true",
                         help="profile each end-to-end run's main thread over the timed steps (benchmarks/train.py)")
     parser.add_argument("--models", nargs="+", default=["resnet50", "tiny"], choices=["resnet50", "tiny"],
@@ -167,13 +180,16 @@ def main() -> None:
           f"{args.images} images of {args.source} in {args.classes} classes; steady state between steps "
           f"{args.warmup} and {args.warmup + args.steps}", flush=True)
 
-    table = model_step_rows(args.batch, args.steps, args.warmup, device, args.quick)
-    bench.print_table("ResNet-50 step on device tensors (bf16 autocast)", table, "model step, eager, NCHW")
-    files = sorted(args.source.rglob("*.jpg"))
-    decode, bound = decode_rows(files, args.batch, device)
-    bench.print_table("Decoding", decode, next(iter(decode)))
-    print(f"\nOn-device eval transform vs the processor on {bound['images']} photos: max |diff| {bound['max']:.4f}, "
-          f"mean {bound['mean']:.5f}, share of values over 1e-2: {bound['share_over_1e-2']:.4%}", flush=True)
+    with section("model step"):
+        table = model_step_rows(args.batch, args.steps, args.warmup, device, args.quick)
+        bench.print_table("ResNet-50 step on device tensors (bf16 autocast)", table, "model step, eager, NCHW")
+    with section("decoding"):
+        files = sorted(args.source.rglob("*.jpg"))
+        decode, bound = decode_rows(files, args.batch, device)
+        bench.print_table("Decoding", decode, next(iter(decode)))
+        print(f"\nOn-device eval transform vs the processor on {bound['images']} photos: max |diff| "
+              f"{bound['max']:.4f}, mean {bound['mean']:.5f}, share of values over 1e-2: "
+              f"{bound['share_over_1e-2']:.4%}", flush=True)
     if args.skip_train:
         return
     data = bench.make_folder(args.source, work / "train", args.images, args.classes)
@@ -192,7 +208,7 @@ def main() -> None:
         rows += [(f"hf_resnet {options}", dict(common, method="hf_resnet", ours_args=options)) for options in extra]
         rows = [(label, dict(options, output=str(work / f"out-{kind}-{i}")))
                 for i, (label, options) in enumerate(rows)]
-        table = bench.compare(rows, 1, profile=args.profile)
+        table = bench.compare(rows, 1, profile=args.profile, timeout=args.run_timeout)
         bench.print_table(f"{kind}: end-to-end training images/s", table, rows[0][0])
         bench.print_profiles(rows, args.steps)
         print(f"({time.perf_counter() - started:.0f} s so far)", flush=True)

@@ -201,20 +201,31 @@ def child(options: dict) -> None:
                                   "worker_ms_per_image": 1000 * timer.cpu["workers"] / images}))
 
 
-def run_once(options: dict) -> dict:
-    """One timed run in a fresh process (no shared compile caches, workers or allocator state)."""
+def run_once(options: dict, timeout: float | None = None) -> dict | None:
+    """One timed run in a fresh process (no shared compile caches, workers or allocator state). A run that fails
+    or outlives `timeout` seconds prints why and gives None, so one bad row does not cost the others (on a lent GPU
+    the whole script gets one try)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, __file__, "--child", json.dumps(options)], capture_output=True,
-                            text=True, env=env)
+    try:
+        result = subprocess.run([sys.executable, __file__, "--child", json.dumps(options)], capture_output=True,
+                                text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        print(f"\n{options['method']} {options.get('ours_args', '')}: over {timeout:.0f} s, stopped; its output "
+              f"ended with:\n{str(err.stderr or '')[-2000:]}", flush=True)
+        return None
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
-        raise SystemExit(f"{options['method']} run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        print(f"\n{options['method']} {options.get('ours_args', '')} failed (exit {result.returncode}):\n"
+              f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}", flush=True)
+        return None
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def compare(rows: list[tuple[str, dict]], repeats: int, profile: bool = False) -> dict[str, dict]:
-    """Each (name, options) run `repeats` times, interleaved; -> name: {median images/s, CPU columns, peak RSS}.
+def compare(rows: list[tuple[str, dict]], repeats: int, profile: bool = False,
+            timeout: float | None = None) -> dict[str, dict]:
+    """Each (name, options) run `repeats` times, interleaved; -> name: {median images/s, CPU columns, peak RSS}
+    over the runs that finished (a row none finished is left out, and said so by `run_once`).
     With `profile`, each run's main thread is profiled over the timed steps into `<output>.prof` (the last repeat's
     stays; `print_profiles` reads them)."""
     if profile:
@@ -222,9 +233,11 @@ def compare(rows: list[tuple[str, dict]], repeats: int, profile: bool = False) -
     results: dict[str, list[dict]] = {name: [] for name, _ in rows}
     for _ in range(repeats):
         for name, options in rows:
-            results[name].append(run_once(options))
+            result = run_once(options, timeout)
+            if result is not None:
+                results[name].append(result)
     return {name: {**{key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "peak_rss_mib"},
-                   "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)} for name, runs in results.items()}
+                   "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)} for name, runs in results.items() if runs}
 
 
 # What the main thread runs per step: the Trainer's loop and the hooks hf-resnet adds (cumulative, children included).
@@ -256,15 +269,17 @@ CPU_COLUMNS = (("main_thread_ms_per_step", "main thr ms/step"), ("main_process_m
 
 def print_table(title: str, table: dict[str, dict], baseline: str) -> None:
     """images/s, the ratio to `baseline`, peak RSS, and the CPU columns where the rows have them (medians)."""
-    cpu = [(key, label) for key, label in CPU_COLUMNS if all(key in row for row in table.values())]
+    cpu = [(key, label) for key, label in CPU_COLUMNS if any(key in row for row in table.values())]
     print(f"\n{title}")
+    if baseline not in table:  # its run failed (printed above): the ratios would have nothing to divide by
+        table = {baseline: {"images_per_second": float("nan"), "peak_rss_mib": 0}, **table}
     print(f"{'run':<56}{'images/s':>10}{'ratio':>8}{'peak RSS MiB':>14}" + "".join(f"{label:>19}" for _, label in cpu)
           + "   (ratio: to the first row)")
     base = table[baseline]["images_per_second"]
     for name, row in table.items():
         rss = f"{row['peak_rss_mib']:.0f}" if row["peak_rss_mib"] else "-"
         print(f"{name:<56}{row['images_per_second']:>10.1f}{row['images_per_second'] / base:>8.2f}{rss:>14}"
-              + "".join(f"{row[key]:>19.2f}" for key, _ in cpu))
+              + "".join(f"{row[key]:>19.2f}" if key in row else f"{'-':>19}" for key, _ in cpu))
 
 
 def main() -> None:

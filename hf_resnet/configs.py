@@ -247,6 +247,21 @@ class DataArguments:
                 )
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cores_per_process() -> int:
+    """This process's share of the CPU cores it may use, among the processes `accelerate launch` started here."""
+    return max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def default_workers(gpu: bool) -> int:
+    """With a GPU, every core of this process's share but one (the main process's): a GPU trains ResNet-50 faster
+    than a dozen cores decode photos. On a CPU the model's arithmetic needs the cores: 2 workers."""
+    return max(1, cores_per_process() - 1) if gpu else min(2, cores_per_process())
+
+
 def copies_without_waiting(accelerator_config):
     """`accelerator_config` with `non_blocking: true` unless it says otherwise: each batch's host-to-GPU copy (from
     pinned memory) is queued behind the running step instead of the CPU waiting for that step to finish, so the
@@ -274,8 +289,11 @@ class FinetuneTrainingArguments(TrainingArguments):
     logging_strategy: str = field(default="steps", metadata={"help": "When to log: `no`, `steps` or `epoch`."})
     logging_steps: float = field(default=10, metadata={"help": "Log every this many optimizer steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
-    dataloader_num_workers: int = field(
-        default=2, metadata={"help": "DataLoader worker processes; image decoding and transforms run in them."}
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "DataLoader worker processes; image decoding and transforms run in them. Default: with a "
+                          "GPU, this process's share of the CPU cores but one (the GPU waits on them); on a CPU, 2 "
+                          "(the model's own arithmetic needs the cores)."},
     )
     dataloader_pin_memory: bool = field(
         default_factory=torch.cuda.is_available, metadata={"help": "Pin host memory for faster GPU copies (GPU only)."}
@@ -305,6 +323,8 @@ class FinetuneTrainingArguments(TrainingArguments):
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
         self._check_precision()
+        if self.dataloader_num_workers is None:
+            self.dataloader_num_workers = default_workers(torch.cuda.is_available() and not self.use_cpu)
         if self.dataloader_persistent_workers and self.dataloader_num_workers > 0:
             raise ConfigError(
                 "`dataloader_persistent_workers: true` would keep each worker's first-epoch augmentation seed; "
@@ -319,14 +339,12 @@ class FinetuneTrainingArguments(TrainingArguments):
     def cap_dataloader_workers(self) -> str | None:
         """At most the CPU cores this process may use (shared among the processes on this machine): more workers
         only slow a run down (torch warns once per loader). Returns what was changed, to log."""
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        most = max(1, cores // local_processes)
+        most = cores_per_process()
         if self.dataloader_num_workers <= most:
             return None
         asked, self.dataloader_num_workers = self.dataloader_num_workers, most
-        return (f"dataloader_num_workers {asked} -> {most}: this machine gives {cores} CPU core(s) to "
-                f"{local_processes} process(es)")
+        return (f"dataloader_num_workers {asked} -> {most}: this machine gives {available_cores()} CPU core(s) to "
+                f"{os.environ.get('LOCAL_WORLD_SIZE', '1')} process(es)")
 
     def _check_precision(self) -> None:
         """fp16/bf16 that this machine cannot run: one message with the fix, not the Trainer's traceback."""

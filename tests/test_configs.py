@@ -49,6 +49,19 @@ def test_dataloader_workers_are_capped_at_the_cores(tmp_path, monkeypatch, cores
         assert f"dataloader_num_workers {asked} -> {expected}" in note
 
 
+@pytest.mark.parametrize("cores, processes, gpu, expected", [(16, 1, True, 15), (16, 2, True, 7), (2, 1, True, 1),
+                                                              (1, 1, True, 1), (16, 1, False, 2), (1, 1, False, 1)])
+def test_default_workers_feed_a_gpu_from_every_core_but_one(tmp_path, monkeypatch, cores, processes, gpu, expected):
+    from hf_resnet.configs import default_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+    assert default_workers(gpu) == expected
+    unset = FinetuneTrainingArguments(output_dir=str(tmp_path)).dataloader_num_workers
+    assert unset == default_workers(torch.cuda.is_available())
+    assert FinetuneTrainingArguments(output_dir=str(tmp_path), dataloader_num_workers=0).dataloader_num_workers == 0
+
+
 @pytest.mark.parametrize("values, match", [
     ({"tuning": "linear_probe", "frozen_stages": 2}, "already freezes the whole backbone"),
     ({"frozen_stages": 5}, "`frozen_stages` must be -1"),
