@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="toy sizes, to check the script on a CPU")
     parser.add_argument("--skip-train", action="store_true", help="only the model-step and decode rows")
-    parser.add_argument("--run-timeout", type=float, default=150,
+    parser.add_argument("--run-timeout", type=float, default=240,
                         help="seconds one end-to-end run may take before it is stopped and the next row runs")
     parser.add_argument("--profile", action="store_true",
                         help="profile each end-to-end run's main thread over the timed steps (benchmarks/train.py)")
