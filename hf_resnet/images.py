@@ -210,8 +210,31 @@ def jpeg_to_tensor(data: bytes | list[bytes], device: str | torch.device = "cpu"
         available = ", ".join(_DECODERS) or "none"
         raise RuntimeError(f"no JPEG decoder: {decoder or JPEG_DECODER!r} (available: {available})")
     single = isinstance(data, (bytes, bytearray))
-    decoded = decode([bytes(data)] if single else [bytes(item) for item in data], device)
+    blobs = [bytes(data)] if single else [bytes(item) for item in data]
+    decoded = _decode_beside(decode, blobs, device) if torch.device(device).type == "cuda" else decode(blobs, device)
     return decoded[0] if single else list(decoded)
+
+
+_DECODE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _decode_beside(decode: Callable, blobs: list[bytes], device) -> list[torch.Tensor]:
+    """nvJPEG (torchvision's and TorchCodec's wrappers) writes the decoded images on a private stream that does not
+    wait for the caller's (pytorch/vision#9606, meta-pytorch/torchcodec#1634), into memory torch's caching
+    allocator hands out on the *current* stream: memory that kernels still queued there (the last step's optimizer,
+    after `zero_grad` freed the gradients) may yet read. So the images are allocated while a stream of their own is
+    current, whose pool only ever holds decoded images; each is marked as used by the caller's stream (its block is
+    not handed out again before that stream's work with it is done), and the caller's stream waits for the decode.
+    The decode still overlaps the work queued before it; a host-wide synchronize would not."""
+    device = torch.device(device)
+    caller = torch.cuda.current_stream(device)
+    own = _DECODE_STREAMS.setdefault(device, torch.cuda.Stream(device))
+    with torch.cuda.stream(own):
+        decoded = list(decode(blobs, device))
+    caller.wait_stream(own)
+    for image in decoded:
+        image.record_stream(caller)
+    return decoded
 
 
 def plain_jpeg(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[bytes, int, int] | None:
