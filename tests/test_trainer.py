@@ -6,6 +6,7 @@ docstring lists (a patched attribute, a private method it overrides): they run a
 
 import functools
 import inspect
+import math
 
 import pytest
 import torch
@@ -66,6 +67,31 @@ def test_every_batch_goes_through_prepare_inputs_and_every_loader_through_get_da
     assert trainer.loaders == ["Training", "Evaluation"]
     ours = inspect.signature(ImageClassificationTrainer._get_dataloader).parameters
     assert list(inspect.signature(Trainer._get_dataloader).parameters) == list(ours)
+
+
+def test_the_trainers_nan_filter_is_off_in_training_and_the_users_in_evaluation(tmp_path):
+    """(13) The Trainer's filter would read each training loss to the host (a sync per step on a GPU) to replace
+    a NaN that `compute_loss` never returns; in evaluation it still leaves out the 0/0 loss of a batch whose
+    images were all skipped, so `eval_loss` stays a number."""
+    from transformers import TrainerCallback
+
+    seen = {"train": set(), "eval": set()}
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen["train"].add(args.logging_nan_inf_filter)
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            seen["eval"].add(args.logging_nan_inf_filter)
+
+    trainer = tiny_trainer(tmp_path)
+    trainer.add_callback(Probe())
+    trainer.train()
+    skipped = [{"pixel_values": torch.zeros(3, 16, 16), "labels": -100, "example_ids": i} for i in range(4)]
+    kept = [{"pixel_values": torch.randn(3, 16, 16), "labels": i % 2, "example_ids": 4 + i} for i in range(4)]
+    metrics = trainer.evaluate(skipped + kept)  # batches of 4: the first is all skipped
+    assert seen == {"train": {False}, "eval": {True}}
+    assert math.isfinite(metrics["eval_loss"]) and trainer.args.logging_nan_inf_filter is False
 
 
 def test_a_skipped_update_takes_no_optimizer_step_through_accelerates_wrapper(tmp_path):
