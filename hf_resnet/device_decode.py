@@ -100,15 +100,32 @@ class DeviceDecoder:
         top, left, height, width, flip, train = plan
         x = image.float()
         if train:  # one float pass: nothing to match exactly
-            x = F.resized_crop(x, top, left, height, width, list(cfg.crop_size), interpolation=cfg.interpolation,
-                               antialias=True).clamp_(0, 255)
+            x = within_resize_limit(x[..., top : top + height, left : left + width], cfg.crop_size)
+            x = F.resize(x, list(cfg.crop_size), interpolation=cfg.interpolation, antialias=True).clamp_(0, 255)
             return x.flip(-1) if flip else x
         return eval_geometry(x, cfg, _resize_in_levels)
 
 
+# CUDA's antialiased resize holds each output pixel's filter in shared memory: past about 47x smaller per axis
+# (bicubic; 94x bilinear) it raises "Too much shared memory required" (a 12 MP photo for a 32-pixel model, or a huge
+# image with `max_image_pixels` raised). Images shrunk more than this are first averaged by a whole factor.
+MAX_RESIZE_RATIO = 16
+
+
+def within_resize_limit(x: torch.Tensor, size) -> torch.Tensor:
+    """`x` (C, H, W), area-averaged by whole factors where it is over MAX_RESIZE_RATIO times `size` (h, w) on an
+    axis, so the resize to `size` stays within what every device's kernel takes; unchanged otherwise."""
+    factors = [max(1, int(have / want) // MAX_RESIZE_RATIO) for have, want in zip(x.shape[-2:], size)]
+    if factors == [1, 1]:
+        return x
+    return torch.nn.functional.avg_pool2d(x[None], kernel_size=factors)[0]
+
+
 def _resize_in_levels(x: torch.Tensor, size, interpolation) -> torch.Tensor:
     """The CPU's uint8 resize (Pillow's algorithm: a horizontal pass, then a vertical one, each rounded to whole
-    levels) in float32 on the device: within 2 levels of it, a few thousandths of a level on average (tested)."""
+    levels) in float32 on the device: within 2 levels of it, a few thousandths of a level on average (tested).
+    An image over MAX_RESIZE_RATIO times the size is area-averaged first (`within_resize_limit`)."""
+    x = within_resize_limit(x, size)
     height, width = x.shape[-2:]
     if width != size[1]:
         x = F.resize(x, [height, size[1]], interpolation=interpolation, antialias=True).round_().clamp_(0, 255)

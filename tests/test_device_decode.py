@@ -211,3 +211,21 @@ def test_nvjpeg_never_writes_into_memory_that_queued_work_still_reads(decoder):
     ours = wrong_sums(lambda: images.jpeg_to_tensor(blobs, device="cuda", decoder=decoder))
     print(f"{decoder}: sums overwritten by the decode: bare {bare} of 360, hf-resnet's {ours} of 360")
     assert ours == 0
+
+
+def test_large_shrinks_are_area_averaged_first_and_stay_close_to_a_direct_resize():
+    """CUDA's antialiased resize refuses shrinks past ~47x per axis (a 12 MP photo for a 32-pixel model): such
+    images are averaged by whole factors first. On a smooth picture the result stays within a level of the direct
+    resize (which the CPU can still do)."""
+    from torchvision.transforms import InterpolationMode
+
+    from hf_resnet.device_decode import within_resize_limit
+
+    rows, cols = torch.meshgrid(torch.linspace(0, 6, 2400), torch.linspace(0, 4, 1800), indexing="ij")
+    picture = torch.stack([torch.sin(rows), torch.cos(cols), torch.sin(rows + cols)]) * 100 + 128
+    assert within_resize_limit(picture, (224, 224)) is picture  # 10.7x: left as it is
+    shrunk = within_resize_limit(picture, (32, 32))  # 75x and 56x: averaged over 4 rows and 3 columns
+    assert shrunk.shape == (3, 600, 600)
+    bicubic = dict(interpolation=InterpolationMode.BICUBIC, antialias=True)
+    difference = (F.resize(shrunk, [32, 32], **bicubic) - F.resize(picture, [32, 32], **bicubic)).abs()
+    assert difference.max() < 1.0
