@@ -92,3 +92,42 @@ def test_the_loss_is_off_when_nothing_asks_for_it():
     assert not TrainingLoss(3).active
     assert TrainingLoss(3, label_smoothing=0.1).active and TrainingLoss(3, class_weights=[1, 2, 3]).active
     assert TrainingLoss(3, cutmix_alpha=1.0).active
+
+
+def reference_mix(loss: TrainingLoss, pixels, labels):
+    """The pairing as first written (the valid rows gathered, rolled by one, put back), which read how many rows
+    were valid on the host: a sync per step on a GPU."""
+    targets = one_hot(labels, loss.num_classes)
+    rows = (labels != -100).nonzero().squeeze(-1)
+    use = [name for name, alpha in (("mixup", loss.mixup_alpha), ("cutmix", loss.cutmix_alpha)) if alpha > 0]
+    kind = use[int(torch.randint(len(use), ()))] if len(use) > 1 else use[0]
+    if kind == "mixup":
+        mixed, mixed_targets = mixup(pixels[rows], targets[rows], loss._draw_lam(loss.mixup_alpha))
+    else:
+        box = draw_box(pixels.shape[-2], pixels.shape[-1], loss._draw_lam(loss.cutmix_alpha))
+        mixed, mixed_targets = cutmix(pixels[rows], targets[rows], box)
+    pixels, targets = pixels.clone(), targets.clone()
+    pixels[rows], targets[rows] = mixed, mixed_targets
+    return pixels, targets
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2, 0, 1, 2], [0, -100, 2, -100, 1, 2], [-100, 1, 2, 0, 1, -100],
+                                    [-100, -100, 2, -100, 1, -100]])
+@pytest.mark.parametrize("alphas", [(1.0, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_pairing_on_the_device_equals_the_gathered_pairing_bit_for_bit(labels, alphas):
+    loss = TrainingLoss(3, mixup_alpha=alphas[0], cutmix_alpha=alphas[1])
+    pixels, labels = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor(labels)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        ours = loss.mix(pixels, labels)
+        torch.manual_seed(seed)
+        theirs = reference_mix(loss, pixels, labels)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+
+
+@pytest.mark.parametrize("labels", [[-100, -100, -100], [-100, 2, -100]])
+def test_fewer_than_two_real_images_are_left_unmixed(labels):
+    loss = TrainingLoss(3, mixup_alpha=1.0, cutmix_alpha=1.0)
+    pixels, labels = torch.randn(3, 3, 4, 4), torch.tensor(labels)
+    mixed, targets = loss.mix(pixels, labels)
+    assert torch.equal(mixed, pixels) and torch.equal(targets, one_hot(labels, 3))
