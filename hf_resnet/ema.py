@@ -33,14 +33,23 @@ class WeightEma:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        """One step of the average: a few multi-tensor kernels (`torch._foreach_lerp_`, as timm's ModelEmaV3), not
+        one launch per tensor (about 320 for ResNet-50); the same values as `lerp_` tensor by tensor (tested)."""
         self.updates += 1
         weight = 1.0 - self.decay_at(self.updates)
+        averages, targets, counters, counts = [], [], [], []
         for name, tensor in model.state_dict().items():
             average = self.shadow[name]
             if average.is_floating_point():
-                average.lerp_(tensor.detach().to(average.dtype), weight)
+                averages.append(average)
+                targets.append(tensor.detach().to(average.dtype))
             else:
-                average.copy_(tensor)
+                counters.append(average)
+                counts.append(tensor)
+        if averages:
+            torch._foreach_lerp_(averages, targets, weight)
+        if counters:
+            torch._foreach_copy_(counters, counts)
 
     @contextmanager
     def applied(self, model: torch.nn.Module):

@@ -40,6 +40,27 @@ def test_update_formula_with_warm_up_and_save_load(tmp_path):
         other.load(tmp_path / "elsewhere")
 
 
+def test_multi_tensor_update_equals_lerp_tensor_by_tensor():
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1] * 4,
+                                                      layer_type="basic", num_labels=3))
+    ema = WeightEma(model, decay=0.99)
+    reference = {name: t.clone() for name, t in ema.shadow.items()}
+    for step in range(1, 4):
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                tensor.add_(torch.randn_like(tensor.float()).to(tensor.dtype))
+        ema.update(model)
+        for name, tensor in model.state_dict().items():
+            if reference[name].is_floating_point():
+                reference[name].lerp_(tensor, 1.0 - ema.decay_at(step))
+            else:
+                reference[name].copy_(tensor)
+    assert [name for name in reference if not torch.equal(reference[name], ema.shadow[name])] == []
+
+
 @pytest.mark.slow
 def test_saved_ema_weights_are_the_ema_of_the_trajectory(tmp_path, colour_folders):
     """One epoch (9 steps), a checkpoint after every step: the saved model is the average of the start and the 9
