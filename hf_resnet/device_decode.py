@@ -34,6 +34,23 @@ from .images import ImageDecodeError, decode_tensor, jpeg_to_tensor
 from .skips import SkipRecorder
 from .transforms import BatchNormalizer, PreprocessConfig, eval_geometry
 
+# One nvJPEG call decodes all its images at once: a batch of 256 phone photos (12 MP) would hold 9 GB of pixels.
+# A call takes files up to this many encoded bytes (photos compress about 10x: some 300 MB of pixels); a batch of
+# ImageNet-sized JPEGs (~110 KB) still goes in one call.
+MAX_CALL_BYTES = 32 * 2**20
+
+
+def call_groups(blobs: list[bytes], limit: int | None = None) -> list[range]:
+    """Consecutive runs of `blobs`, each within `limit` (MAX_CALL_BYTES) bytes in all, or a single file over it."""
+    limit = MAX_CALL_BYTES if limit is None else limit
+    groups, start, size = [], 0, 0
+    for index, blob in enumerate(blobs):
+        if index > start and size + len(blob) > limit:
+            groups.append(range(start, index))
+            start, size = index, 0
+        size += len(blob)
+    return groups + [range(start, len(blobs))]
+
 
 class DeviceDecoder:
     """Finishes a batch on the model's device: decodes the workers' undecoded JPEGs in one call, resizes, crops and
@@ -58,30 +75,31 @@ class DeviceDecoder:
         if not encoded:
             inputs["pixel_values"] = self.normalizer.layout(batch)
             return inputs
-        images = self._decode(encoded, device)
         mean, std = self.normalizer.constants(device)
-        for slot, (image, position, plan) in enumerate(zip(images, positions, plans)):
-            if image is None:  # unreadable: a blank input whose label is ignored, recorded by `_decode`'s caller
-                batch[position] = 0.0
-                if "labels" in inputs:
-                    inputs["labels"][position] = IGNORE_INDEX
-                if self.on_failure is not None:
-                    example = int(inputs["example_ids"][position]) if "example_ids" in inputs else position
-                    self.on_failure(split, example, self._errors[slot])
-                continue
-            batch[position] = (self._transform(image, plan) - mean[0]) / std[0]
+        for group in call_groups(encoded):  # each call's pixels are transformed and dropped before the next
+            for slot, image in zip(group, self._decode([encoded[slot] for slot in group], device)):
+                position = positions[slot]
+                if isinstance(image, str):  # unreadable: a blank input whose label is ignored, and recorded
+                    batch[position] = 0.0
+                    if "labels" in inputs:
+                        inputs["labels"][position] = IGNORE_INDEX
+                    if self.on_failure is not None:
+                        example = int(inputs["example_ids"][position]) if "example_ids" in inputs else position
+                        self.on_failure(split, example, image)
+                    continue
+                batch[position] = (self._transform(image, plans[slot]) - mean[0]) / std[0]
         inputs["pixel_values"] = self.normalizer.layout(batch)
         return inputs
 
-    def _decode(self, blobs: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
-        """One batched decode; if nvJPEG refuses the batch, each file alone, then Pillow for the ones it refuses."""
-        self._errors: dict[int, str] = {}
+    def _decode(self, blobs: list[bytes], device: torch.device) -> list[torch.Tensor | str]:
+        """One batched decode; if nvJPEG refuses the batch, each file alone, then Pillow for the ones it refuses.
+        A file none can read gives the reason instead of an image."""
         try:
             return list(jpeg_to_tensor(blobs, device=device, decoder=self.decoder))
         except RuntimeError:
             pass
-        images: list[torch.Tensor | None] = []
-        for slot, data in enumerate(blobs):
+        images: list[torch.Tensor | str] = []
+        for data in blobs:
             try:
                 images.append(jpeg_to_tensor(data, device=device, decoder=self.decoder))
                 continue
@@ -90,8 +108,7 @@ class DeviceDecoder:
             try:
                 images.append(decode_tensor({"bytes": data, "path": None}, None).to(device))
             except ImageDecodeError as err:
-                self._errors[slot] = str(err)
-                images.append(None)
+                images.append(str(err))
         return images
 
     def _transform(self, image: torch.Tensor, plan: list[int]) -> torch.Tensor:

@@ -229,3 +229,18 @@ def test_large_shrinks_are_area_averaged_first_and_stay_close_to_a_direct_resize
     bicubic = dict(interpolation=InterpolationMode.BICUBIC, antialias=True)
     difference = (F.resize(shrunk, [32, 32], **bicubic) - F.resize(picture, [32, 32], **bicubic)).abs()
     assert difference.max() < 1.0
+
+
+def test_a_batch_is_decoded_in_calls_of_bounded_size_with_the_same_result(monkeypatch):
+    """One nvJPEG call holds all its images' pixels at once: big files go in several calls, which change nothing."""
+    from hf_resnet import device_decode
+    from hf_resnet.device_decode import call_groups
+
+    assert call_groups([b"x" * 10] * 5, limit=25) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert call_groups([b"x" * 30, b"x" * 5], limit=25) == [range(0, 1), range(1, 2)]  # one file over: alone
+    assert call_groups([b"x"] * 3) == [range(0, 3)]
+    cfg = resnet50_cfg()
+    batch = batch_of(PHOTO_FILES, cfg, DeviceDecode(train=False))
+    whole = on_device(batch, cfg)
+    monkeypatch.setattr(device_decode, "MAX_CALL_BYTES", 1)  # every file its own call
+    assert torch.equal(on_device(batch_of(PHOTO_FILES, cfg, DeviceDecode(train=False)), cfg), whole)
