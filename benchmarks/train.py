@@ -13,9 +13,10 @@ pipeline's ceiling) and `resnet50` (ResNetConfig's defaults). Nothing is downloa
   PIL transforms (RandomResizedCrop, flip, ToTensor, Normalize), a plain `Trainer`, AdamW at 3e-4
 - hf_resnet: `hf-resnet train --config resnet50/imagefolder_full` on the same folder and checkpoint (+ --ours-args)
 Printed: a table of median images/s over --repeats, the ratio to hf_example, each run's peak RSS, and CPU time
-over the timed steps: the main thread's per step (the Python driving the GPU: when it nears the step's wall time,
-the run is bound by it), the main process's per step (adds torch's threads and the pin-memory thread) and the
-DataLoader workers' per image. `--profile` adds, per run, where the main thread's time per step goes (cProfile).
+over the timed steps: the main thread's per step (the Python driving the GPU; on a GPU it also counts the time
+CUDA spin-waits in a host read, so read it with the profile), the main process's per step (adds torch's threads
+and the pin-memory thread) and the DataLoader workers' per image. `--profile` adds, per run, where the main
+thread's time per step goes (cProfile: a host read shows as time in `.item()`/`.tolist()`).
 `benchmarks/gpu.py` runs this on a GPU with more rows.
 """
 

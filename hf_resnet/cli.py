@@ -83,7 +83,7 @@ EVALUATE_OPTIONS = (  # (flag, metavar, help): the fields people set; any other 
     ("--output_dir", "DIR", "where the report goes (default: ./eval-<model folder or repo name>)"),
     ("--per_device_eval_batch_size", "N", "images per forward pass and device (default 8)"),
     ("--max_eval_samples", "N", "score only the first N images"),
-    ("--dataloader_num_workers", "N", "processes decoding images (default: cores - 1 with a GPU, 2 on a CPU)"),
+    ("--dataloader_num_workers", "N", "decoding processes (default: cores - 1, at most 16, with a GPU; 2 on a CPU)"),
     ("--token", "TOKEN", "Hub token for gated models or datasets"),
     ("--push_to_hub", "true|false", "upload report/ and the results JSON to --hub_model_id (default false)"),
     ("--hub_model_id", "OWNER/NAME", "the Hub repo the report goes to"),

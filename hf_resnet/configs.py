@@ -256,10 +256,15 @@ def cores_per_process() -> int:
     return max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+MAX_DEFAULT_WORKERS = 16  # each worker restarts every epoch and evaluation, with its own memory
+
+
 def default_workers(gpu: bool) -> int:
-    """With a GPU, every core of this process's share but one (the main process's): a GPU trains ResNet-50 faster
-    than a dozen cores decode photos. On a CPU the model's arithmetic needs the cores: 2 workers."""
-    return max(1, cores_per_process() - 1) if gpu else min(2, cores_per_process())
+    """With a GPU, every core of this process's share but one (the main process's), up to 16: a GPU trains
+    ResNet-50 faster than a dozen cores decode photos. On a CPU the model's arithmetic needs the cores: 2."""
+    if gpu:
+        return max(1, min(MAX_DEFAULT_WORKERS, cores_per_process() - 1))
+    return min(2, cores_per_process())
 
 
 def copies_without_waiting(accelerator_config):
@@ -269,7 +274,8 @@ def copies_without_waiting(accelerator_config):
     if accelerator_config is None:
         return {"non_blocking": True}
     if isinstance(accelerator_config, str) and accelerator_config.lstrip().startswith("{"):
-        accelerator_config = json.loads(accelerator_config)
+        # still a JSON string, so the Trainer converts its string values ("false") as it would have
+        return json.dumps({"non_blocking": True, **json.loads(accelerator_config)})
     if isinstance(accelerator_config, dict):
         return {"non_blocking": True, **accelerator_config}
     return accelerator_config
@@ -292,8 +298,8 @@ class FinetuneTrainingArguments(TrainingArguments):
     dataloader_num_workers: int | None = field(
         default=None,
         metadata={"help": "DataLoader worker processes; image decoding and transforms run in them. Default: with a "
-                          "GPU, this process's share of the CPU cores but one (the GPU waits on them); on a CPU, 2 "
-                          "(the model's own arithmetic needs the cores)."},
+                          "GPU, this process's share of the CPU cores but one, up to 16 (the GPU waits on them); on "
+                          "a CPU, 2 (the model's own arithmetic needs the cores)."},
     )
     dataloader_pin_memory: bool = field(
         default_factory=torch.cuda.is_available, metadata={"help": "Pin host memory for faster GPU copies (GPU only)."}

@@ -24,6 +24,7 @@ runs with the CPU decoder (what the tests exercise).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -132,7 +133,7 @@ MAX_RESIZE_RATIO = 16
 def within_resize_limit(x: torch.Tensor, size) -> torch.Tensor:
     """`x` (C, H, W), area-averaged by whole factors where it is over MAX_RESIZE_RATIO times `size` (h, w) on an
     axis, so the resize to `size` stays within what every device's kernel takes; unchanged otherwise."""
-    factors = [max(1, int(have / want) // MAX_RESIZE_RATIO) for have, want in zip(x.shape[-2:], size)]
+    factors = [max(1, math.ceil(have / want / MAX_RESIZE_RATIO)) for have, want in zip(x.shape[-2:], size)]
     if factors == [1, 1]:
         return x
     return torch.nn.functional.avg_pool2d(x[None], kernel_size=factors)[0]

@@ -219,18 +219,29 @@ _DECODE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
 
 def _decode_beside(decode: Callable, blobs: list[bytes], device) -> list[torch.Tensor]:
-    """nvJPEG (torchvision's and TorchCodec's wrappers) writes the decoded images on a private stream that does not
-    wait for the caller's (pytorch/vision#9606, meta-pytorch/torchcodec#1634), into memory torch's caching
-    allocator hands out on the *current* stream: memory that kernels still queued there (the last step's optimizer,
-    after `zero_grad` freed the gradients) may yet read. So the images are allocated while a stream of their own is
-    current, whose pool only ever holds decoded images; each is marked as used by the caller's stream (its block is
-    not handed out again before that stream's work with it is done), and the caller's stream waits for the decode.
-    The decode still overlaps the work queued before it; a host-wide synchronize would not."""
+    """nvJPEG can write the decoded images before the work queued on the current stream has run: torchvision's
+    wrapper decodes on a private stream that does not wait for the caller's (pytorch/vision#9606), and nvJPEG's
+    hardware engine writes at call time whatever the stream (meta-pytorch/torchcodec#1634). The outputs are blocks
+    from torch's caching allocator, which hands a block out again as soon as it is freed on the stream that owns it:
+    memory that kernels still queued there (the last step's optimizer, after `zero_grad` freed the gradients) may
+    yet read. A device-side wait does not stop a write made at call time; only a host-side check does.
+
+    So the images are allocated while a stream of our own is current: its pool only ever holds decoded images, and
+    each is marked as used by the caller's stream (`record_stream`), so the allocator reuses its block only once it
+    has seen, on the host, that the caller's work with it is done. Both wrappers finish the decode before returning;
+    the caller's stream also waits for ours. The decode still overlaps the work queued before it, as a host-wide
+    synchronize would not."""
     device = torch.device(device)
     caller = torch.cuda.current_stream(device)
-    own = _DECODE_STREAMS.setdefault(device, torch.cuda.Stream(device))
-    with torch.cuda.stream(own):
-        decoded = list(decode(blobs, device))
+    own = _DECODE_STREAMS.get(device)
+    if own is None:
+        own = _DECODE_STREAMS[device] = torch.cuda.Stream(device)
+    try:
+        with torch.cuda.stream(own):
+            decoded = list(decode(blobs, device))
+    except Exception:
+        own.synchronize()  # nothing half-written is handed out again
+        raise
     caller.wait_stream(own)
     for image in decoded:
         image.record_stream(caller)

@@ -52,8 +52,8 @@ What this relies on inside transformers / accelerate / torch (each has a test in
    `Trainer._get_dataloader` does for its `BatchRebalanceSampler`; a sampler without a `batch_size` has its
    uneven last batches passed on as they are;
 13. `args.logging_nan_inf_filter` is read by the training loop after every backward (a host read of the loss)
-   and by `evaluation_loop` for `eval_loss`: it is off while training (the guard keeps the loss finite) and the
-   user's setting (default on) inside `evaluation_loop`.
+   and by `evaluation_loop` for `eval_loss`: `train` turns it off while it runs (the guard keeps the loss finite)
+   and back afterwards; `evaluation_loop` gets the user's setting (default on) meanwhile.
 """
 
 from __future__ import annotations
@@ -111,9 +111,7 @@ class ImageClassificationTrainer(Trainer):
         self.strategy = strategy if strategy is not None else Strategy.default()
         self.model_accepts_loss_kwargs = False  # (8) the loss is a batch mean: the Trainer scales it for accumulation
         self.label_smoother = None  # (8) label_smoothing_factor is applied by our loss, which skips -100 labels
-        # (13) The training loss is finite by construction (`compute_loss` stops or returns 0): the Trainer's filter
-        # would only read it to the host after every backward. Evaluation keeps the user's setting.
-        self._eval_nan_filter, self.args.logging_nan_inf_filter = self.args.logging_nan_inf_filter, False
+        self._eval_nan_filter: bool | None = None  # (13) the user's NaN filter while `train` turns it off
         self.loss = self.strategy.training_loss(self.model.config.num_labels, self.args.label_smoothing_factor)
         options = self.strategy.args
         self.ema = WeightEma(self.model, options.ema_decay, options.ema_warmup) if options.ema_decay else None
@@ -301,7 +299,13 @@ class ImageClassificationTrainer(Trainer):
                 folder = get_last_checkpoint(self.args.output_dir)
             if folder:
                 self.ema.load(folder)
-        result = super().train(resume_from_checkpoint, *args, **kwargs)
+        # (13) The training loss is finite by construction (`compute_loss` stops or returns 0): the Trainer's filter
+        # would only read it to the host after every backward. Evaluations inside keep the user's setting.
+        self._eval_nan_filter, self.args.logging_nan_inf_filter = self.args.logging_nan_inf_filter, False
+        try:
+            result = super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self.args.logging_nan_inf_filter, self._eval_nan_filter = self._eval_nan_filter, None
         if self.ema is not None and self.args.load_best_model_at_end and self.state.best_model_checkpoint:
             self.ema.load(self.state.best_model_checkpoint)  # the average that was evaluated best
         return result
@@ -394,11 +398,14 @@ class ImageClassificationTrainer(Trainer):
         self._eval_split = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
         if self.example_log is not None:
             self.example_log.start_evaluation()
-        self.args.logging_nan_inf_filter = self._eval_nan_filter  # (13) an all-skipped batch's loss is 0/0 here
+        training = self._eval_nan_filter is not None
+        if training:  # (13) the user's filter: an all-skipped batch's loss is 0/0 here
+            self.args.logging_nan_inf_filter = self._eval_nan_filter
         try:
             output = super().evaluation_loop(*args, **kwargs)
         finally:
-            self.args.logging_nan_inf_filter = False
+            if training:
+                self.args.logging_nan_inf_filter = False
         if self._keep_predictions:
             self._kept = output
         return output

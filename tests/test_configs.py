@@ -1,5 +1,7 @@
 """Argument dataclasses reject values that cannot work, before any data or weights are touched."""
 
+import json
+
 import pytest
 import torch
 
@@ -50,7 +52,8 @@ def test_dataloader_workers_are_capped_at_the_cores(tmp_path, monkeypatch, cores
 
 
 @pytest.mark.parametrize("cores, processes, gpu, expected", [(16, 1, True, 15), (16, 2, True, 7), (2, 1, True, 1),
-                                                              (1, 1, True, 1), (16, 1, False, 2), (1, 1, False, 1)])
+                                                              (1, 1, True, 1), (192, 8, True, 16), (16, 1, False, 2),
+                                                              (1, 1, False, 1)])
 def test_default_workers_feed_a_gpu_from_every_core_but_one(tmp_path, monkeypatch, cores, processes, gpu, expected):
     from hf_resnet.configs import default_workers
 
@@ -121,7 +124,10 @@ def test_gpu_batches_are_copied_without_waiting_unless_the_user_says_otherwise(t
     assert copies_without_waiting(None) == {"non_blocking": True}
     assert copies_without_waiting({"even_batches": False}) == {"non_blocking": True, "even_batches": False}
     assert copies_without_waiting({"non_blocking": False}) == {"non_blocking": False}
-    assert copies_without_waiting('{"non_blocking": false}') == {"non_blocking": False}
+    assert json.loads(copies_without_waiting('{"non_blocking": false}')) == {"non_blocking": False}
+    as_typed = FinetuneTrainingArguments(output_dir=str(tmp_path),
+                                         accelerator_config=copies_without_waiting('{"non_blocking": "false"}'))
+    assert as_typed.accelerator_config.non_blocking is False  # the Trainer still converts "false" in a JSON string
     assert copies_without_waiting("accelerator.json") == "accelerator.json"
     queued = FinetuneTrainingArguments(output_dir=str(tmp_path), accelerator_config=copies_without_waiting(None))
     assert queued.accelerator_config.non_blocking is True  # what the Trainer hands accelerate's DataLoaderShard

@@ -183,34 +183,49 @@ def test_nvjpeg_eval_stays_within_the_stated_bound_of_the_processor(decoder):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for nvJPEG (run on the GPU machine)")
 @pytest.mark.parametrize("decoder", list(available_jpeg_decoders()))
 def test_nvjpeg_never_writes_into_memory_that_queued_work_still_reads(decoder):
-    """pytorch/vision#9606's hazard: blocks freed while kernels queued on the current stream still read them must
-    not receive decoded pixels. Each round fills tensors the size of the decoded images with known values, queues a
-    long kernel and then their sums behind it, frees them, decodes, and checks every sum. The bare decoder is run the
-    same way and its count printed: it shows whether this GPU has the hazard the stream of our own avoids."""
+    """pytorch/vision#9606's hazard: a block freed while kernels queued on the current stream still read it must not
+    receive decoded pixels. Each round queues a long kernel, then sums behind it, frees what they read, decodes,
+    and checks every sum. Two kinds of freed memory: tensors the training stream made (the last step's gradients)
+    and the last decode's own images (the previous chunk of a batch). The bare decoder is run the same way and its
+    counts printed: they show whether this GPU has the hazard that hf-resnet's decode avoids."""
     from hf_resnet import images
 
     blobs = [f.read_bytes() for f in PHOTO_FILES]
-    shapes = [tuple(image.shape) for image in images.jpeg_to_tensor(blobs, device="cuda", decoder=decoder)]
+    decoded = images.jpeg_to_tensor(blobs, device="cuda", decoder=decoder)
+    shapes = [tuple(image.shape) for image in decoded]
+    expected_sums = [int(image.sum(dtype=torch.int64)) for image in decoded]
+    del decoded
 
-    def wrong_sums(decode) -> int:
+    def wrong_sums(decode, reuse_decoded: bool) -> int:
         torch.cuda.synchronize()
         wrong = 0
         for _ in range(30):
-            filled = [torch.full(shape, k + 1, dtype=torch.uint8, device="cuda") for k, shape in enumerate(shapes)]
+            if reuse_decoded:
+                read, expected = list(decode()), expected_sums
+            else:
+                read = [torch.full(shape, k + 1, dtype=torch.uint8, device="cuda") for k, shape in enumerate(shapes)]
+                expected = [(k + 1) * math.prod(shape) for k, shape in enumerate(shapes)]
             torch.cuda.synchronize()
             torch.cuda._sleep(20_000_000)  # ~10 ms of GPU time: the sums below are still queued during the decode
-            sums = [t.sum(dtype=torch.int64) for t in filled]
-            del filled  # their blocks go back to the allocator while the sums are queued
+            sums = [t.sum(dtype=torch.int64) for t in read]
+            del read  # their blocks go back to the allocator while the sums are queued
             decode()
             torch.cuda.synchronize()
-            expected = [(k + 1) * math.prod(shape) for k, shape in enumerate(shapes)]
             wrong += sum(int(total) != value for total, value in zip(sums, expected))
         return wrong
 
-    bare = wrong_sums(lambda: images._DECODERS[decoder](blobs, "cuda"))
-    ours = wrong_sums(lambda: images.jpeg_to_tensor(blobs, device="cuda", decoder=decoder))
-    print(f"{decoder}: sums overwritten by the decode: bare {bare} of 360, hf-resnet's {ours} of 360")
-    assert ours == 0
+    def bare():
+        return images._DECODERS[decoder](blobs, "cuda")
+
+    def ours():
+        return images.jpeg_to_tensor(blobs, device="cuda", decoder=decoder)
+
+    counts = {(name, reuse): wrong_sums(decode, reuse) for name, decode in (("bare", bare), ("ours", ours))
+              for reuse in (False, True)}
+    print(f"{decoder}: sums overwritten of 360 (freed tensors / freed decoded images): "
+          f"bare {counts['bare', False]} / {counts['bare', True]}, "
+          f"hf-resnet {counts['ours', False]} / {counts['ours', True]}")
+    assert counts["ours", False] == counts["ours", True] == 0
 
 
 def test_large_shrinks_are_area_averaged_first_and_stay_close_to_a_direct_resize():
@@ -224,8 +239,9 @@ def test_large_shrinks_are_area_averaged_first_and_stay_close_to_a_direct_resize
     rows, cols = torch.meshgrid(torch.linspace(0, 6, 2400), torch.linspace(0, 4, 1800), indexing="ij")
     picture = torch.stack([torch.sin(rows), torch.cos(cols), torch.sin(rows + cols)]) * 100 + 128
     assert within_resize_limit(picture, (224, 224)) is picture  # 10.7x: left as it is
-    shrunk = within_resize_limit(picture, (32, 32))  # 75x and 56x: averaged over 4 rows and 3 columns
-    assert shrunk.shape == (3, 600, 600)
+    assert within_resize_limit(picture, (140, 140)).shape == (3, 1200, 1800)  # 17x and 12.9x: rows averaged by 2
+    shrunk = within_resize_limit(picture, (32, 32))  # 75x and 56x: averaged over 5 rows and 4 columns
+    assert shrunk.shape == (3, 480, 450)
     bicubic = dict(interpolation=InterpolationMode.BICUBIC, antialias=True)
     difference = (F.resize(shrunk, [32, 32], **bicubic) - F.resize(picture, [32, 32], **bicubic)).abs()
     assert difference.max() < 1.0

@@ -84,14 +84,15 @@ def test_the_trainers_nan_filter_is_off_in_training_and_the_users_in_evaluation(
         def on_prediction_step(self, args, state, control, **kwargs):
             seen["eval"].add(args.logging_nan_inf_filter)
 
-    trainer = tiny_trainer(tmp_path)
+    trainer = tiny_trainer(tmp_path, eval_strategy="steps", eval_steps=1)  # evaluations inside `train` too
     trainer.add_callback(Probe())
     trainer.train()
+    assert trainer.args.logging_nan_inf_filter is True
     skipped = [{"pixel_values": torch.zeros(3, 16, 16), "labels": -100, "example_ids": i} for i in range(4)]
     kept = [{"pixel_values": torch.randn(3, 16, 16), "labels": i % 2, "example_ids": 4 + i} for i in range(4)]
     metrics = trainer.evaluate(skipped + kept)  # batches of 4: the first is all skipped
     assert seen == {"train": {False}, "eval": {True}}
-    assert math.isfinite(metrics["eval_loss"]) and trainer.args.logging_nan_inf_filter is False
+    assert math.isfinite(metrics["eval_loss"]) and trainer.args.logging_nan_inf_filter is True  # the user's again
 
 
 def test_a_skipped_update_takes_no_optimizer_step_through_accelerates_wrapper(tmp_path):
