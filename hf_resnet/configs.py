@@ -240,10 +240,12 @@ class DataArguments:
             from .images import JPEG_DECODER
 
             if JPEG_DECODER == "pillow":
+                chosen = os.environ.get("HF_RESNET_JPEG_DECODER")
                 raise ConfigError(
-                    "`gpu_decode: true` needs a batch JPEG decoder with nvJPEG, and none loads here: "
-                    "`pip install torchcodec` (or a torchvision that still has `torchvision.io.decode_jpeg`), or "
-                    "`gpu_decode: false`."
+                    (f"`gpu_decode: true` needs a batch JPEG decoder, and HF_RESNET_JPEG_DECODER={chosen} asks for "
+                     "Pillow: unset it, or " if chosen else "`gpu_decode: true` needs a batch JPEG decoder with "
+                     "nvJPEG, and none loads here: `pip install torchcodec` (or a torchvision that still has "
+                     "`torchvision.io.decode_jpeg`), or ") + "`gpu_decode: false`."
                 )
 
 

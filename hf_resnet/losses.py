@@ -30,7 +30,7 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     labels on the host (`F.one_hot` checks their range there, a sync per step on a GPU)."""
     valid = labels != IGNORE_INDEX
     targets = torch.zeros(labels.shape[0], num_classes, dtype=torch.float32, device=labels.device)
-    targets.scatter_(1, labels.clamp(min=0).unsqueeze(1), 1.0)
+    targets.scatter_(1, torch.where(valid, labels, 0).unsqueeze(1), 1.0)  # any other label out of range fails
     return targets * valid.unsqueeze(1)
 
 

@@ -128,7 +128,7 @@ def test_the_device_gets_a_decoder_that_decodes_there(monkeypatch):
     passed over for the next; when none decodes there, the error says why each failed."""
     from hf_resnet import images
 
-    working = images.available_jpeg_decoders()["torchvision"]
+    working = next(iter(images.available_jpeg_decoders().values()))
 
     def without_nvjpeg(blobs, device):
         raise RuntimeError("nvjpeg: no CUDA runtime 13")
@@ -147,7 +147,11 @@ def test_gpu_decode_names_the_fix_when_no_jpeg_decoder_loads(monkeypatch):
     from hf_resnet.errors import ConfigError
 
     monkeypatch.setattr(images, "JPEG_DECODER", "pillow")
+    monkeypatch.delenv("HF_RESNET_JPEG_DECODER", raising=False)
     with pytest.raises(ConfigError, match="pip install torchcodec"):
+        DataArguments(dataset_name="bundled:digits", gpu_decode=True)
+    monkeypatch.setenv("HF_RESNET_JPEG_DECODER", "pillow")  # Pillow asked for: the fix is to unset it
+    with pytest.raises(ConfigError, match="HF_RESNET_JPEG_DECODER=pillow asks for Pillow: unset it"):
         DataArguments(dataset_name="bundled:digits", gpu_decode=True)
     DataArguments(dataset_name="bundled:digits")  # without gpu_decode Pillow decodes: fine
 

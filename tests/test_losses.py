@@ -131,3 +131,11 @@ def test_fewer_than_two_real_images_are_left_unmixed(labels):
     pixels, labels = torch.randn(3, 3, 4, 4), torch.tensor(labels)
     mixed, targets = loss.mix(pixels, labels)
     assert torch.equal(mixed, pixels) and torch.equal(targets, one_hot(labels, 3))
+
+
+def test_a_label_outside_the_classes_is_an_error_not_a_class():
+    """-100 marks a skipped image; any other label outside 0..K-1 is a bug upstream, never trained as class 0."""
+    with pytest.raises(RuntimeError):
+        one_hot(torch.tensor([0, -1]), 3)
+    with pytest.raises(RuntimeError):
+        one_hot(torch.tensor([0, 3]), 3)
