@@ -337,7 +337,8 @@ def train(argv: list[str] | None = None) -> int:
     from .parser import parse_args
 
     try:
-        arguments = parse_args(argv)
+        arguments = parse_args(argv)  # `--help` answers here, before anything heavy is imported
+        _check_environment()
         from .run import main as run
 
         run(*arguments)
@@ -349,6 +350,15 @@ def train(argv: list[str] | None = None) -> int:
         _interrupted(arguments[-1].output_dir if "arguments" in locals() else None)
         raise SystemExit(130) from None
     return 0
+
+
+def _check_environment() -> None:
+    """A setting from the environment that cannot be followed: its message and exit code 2, before any work."""
+    from .images import decoder_choice_problem
+
+    if problem := decoder_choice_problem():
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _end_distributed() -> None:
@@ -377,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["evaluate"]:  # its own flags, then any `train` field, for the recipe parser
         return _evaluate(argv[1:])
     args = build_parser().parse_args(argv)
+    _check_environment()
     return args.run(args)
 
 

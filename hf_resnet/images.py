@@ -185,20 +185,29 @@ def jpeg_decoder_for(device) -> str:
     raise RuntimeError(f"no JPEG decoder decodes on {device}: {'; '.join(failures) or 'none loads'}")
 
 
-def _chosen_decoder() -> str:
-    """HF_RESNET_JPEG_DECODER=torchcodec|torchvision|pillow picks one (tests, benchmarks); else the best here."""
+def _chosen_decoder() -> tuple[str, str | None]:
+    """(decoder, problem): HF_RESNET_JPEG_DECODER=torchcodec|torchvision|pillow picks one (tests, benchmarks), else
+    the best that loads here. A name that does not load gives the best instead, and the problem to report: the
+    command line stops on it with the fix (`decoder_choice_problem`), where an import-time error would be a
+    traceback."""
+    best = next(iter(_DECODERS), "pillow")
     name = os.environ.get("HF_RESNET_JPEG_DECODER", "").strip().lower()
     if not name:
-        return next(iter(_DECODERS), "pillow")
+        return best, None
     if name != "pillow" and name not in _DECODERS:
-        raise ValueError(f"HF_RESNET_JPEG_DECODER={name!r}: not a JPEG decoder that loads here; use one of "
-                         f"{', '.join([*_DECODERS, 'pillow'])}, or unset it.")
-    return name
+        return best, (f"HF_RESNET_JPEG_DECODER={name!r}: not a JPEG decoder that loads here; use one of "
+                      f"{', '.join([*_DECODERS, 'pillow'])}, or unset it.")
+    return name, None
 
 
 _DECODERS = available_jpeg_decoders()
-JPEG_DECODER = _chosen_decoder()  # once per process
+JPEG_DECODER, _CHOICE_PROBLEM = _chosen_decoder()  # once per process
 _decode_jpegs = _DECODERS.get(JPEG_DECODER)
+
+
+def decoder_choice_problem() -> str | None:
+    """Why HF_RESNET_JPEG_DECODER could not be followed, if it could not."""
+    return _CHOICE_PROBLEM
 
 
 def jpeg_to_tensor(data: bytes | list[bytes], device: str | torch.device = "cpu", decoder: str | None = None):

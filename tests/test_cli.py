@@ -154,3 +154,18 @@ def test_help_answers_without_importing_the_training_code():
            "print('hf_resnet.run' in sys.modules, 'datasets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False"
+
+
+def test_a_jpeg_decoder_the_environment_asks_for_that_does_not_load_is_an_error_not_a_traceback(monkeypatch, capsys):
+    env = {**os.environ, "HF_RESNET_JPEG_DECODER": "nvjpeg", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "hf_resnet.cli", "train", "--config", "smoke/digits_smoke"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.startswith("error: HF_RESNET_JPEG_DECODER='nvjpeg'") and "unset it" in result.stderr
+
+    from hf_resnet import images
+
+    monkeypatch.setattr(images, "_CHOICE_PROBLEM", "HF_RESNET_JPEG_DECODER='x': not a JPEG decoder")
+    with pytest.raises(SystemExit) as exit_info:  # every command checks it, not only train
+        main(["predict", "some-model", "an-image.jpg"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.startswith("error: HF_RESNET_JPEG_DECODER='x'")

@@ -264,12 +264,12 @@ def jpeg_decoder(request, monkeypatch):
 def test_the_best_jpeg_decoder_is_chosen_and_a_wrong_choice_is_refused(monkeypatch):
     assert DECODERS[0] == "torchcodec" or "torchcodec" not in DECODERS  # TorchCodec first where it loads
     monkeypatch.delenv("HF_RESNET_JPEG_DECODER", raising=False)
-    assert images_module._chosen_decoder() == DECODERS[0]
+    assert images_module._chosen_decoder() == (DECODERS[0], None)
     monkeypatch.setenv("HF_RESNET_JPEG_DECODER", "Pillow")
-    assert images_module._chosen_decoder() == "pillow"
-    monkeypatch.setenv("HF_RESNET_JPEG_DECODER", "nvjpeg")
-    with pytest.raises(ValueError, match="HF_RESNET_JPEG_DECODER='nvjpeg'.*use one of"):
-        images_module._chosen_decoder()
+    assert images_module._chosen_decoder() == ("pillow", None)
+    monkeypatch.setenv("HF_RESNET_JPEG_DECODER", "nvjpeg")  # the best instead, and the problem for the CLI to report
+    chosen, problem = images_module._chosen_decoder()
+    assert chosen == DECODERS[0] and "HF_RESNET_JPEG_DECODER='nvjpeg'" in problem and "use one of" in problem
 
 
 def test_decode_tensor_gives_pillows_pixels_for_every_kind_of_file(tmp_path, jpeg_decoder):
