@@ -48,9 +48,12 @@ def model_step_rows(batch: int, steps: int, warmup: int, device: str, quick: boo
         return batch * steps / (time.perf_counter() - start)
 
     rows = {}
-    for name, channels_last, compiled in (("model step, eager, NCHW", False, False),
-                                          ("model step, channels_last", True, False),
-                                          ("model step, channels_last + torch.compile", True, True)):
+    for name, channels_last, benchmark, compiled in (
+            ("model step, eager, NCHW", False, False, False),
+            ("model step, channels_last", True, False, False),
+            ("model step, channels_last + cudnn.benchmark", True, True, False),
+            ("model step, channels_last + torch.compile", True, False, True)):
+        torch.backends.cudnn.benchmark = benchmark
         torch.manual_seed(0)
         config = ResNetConfig(num_labels=100) if not quick else ResNetConfig(
             embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], layer_type="basic", num_labels=100)

@@ -72,6 +72,14 @@ class ModelArguments:
         },
     )
 
+    cudnn_benchmark: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Let cuDNN time its algorithms for each convolution on the first batch of a shape and keep the "
+            "fastest (torch.backends.cudnn.benchmark). Default: on with a GPU, unless `full_determinism`."
+        },
+    )
+
     allow_pickle_weights: bool = field(
         default=False,
         metadata={

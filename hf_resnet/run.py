@@ -135,6 +135,22 @@ def write_reports(trainer: ImageClassificationTrainer, card: CardInfo, outputs: 
     card.training_curves = write_training_curves(output_dir, trainer.state, trainer.args.load_best_model_at_end)
 
 
+def gpu_settings(model, model_args: ModelArguments, training_args: FinetuneTrainingArguments) -> bool:
+    """channels-last (default: with a GPU) and cuDNN's benchmark mode (default: with a GPU, unless
+    `full_determinism`, which wants the same algorithms every run). Returns whether the model is channels-last."""
+    gpu = training_args.device.type == "cuda"
+    channels_last = gpu if model_args.channels_last is None else model_args.channels_last
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    benchmark = model_args.cudnn_benchmark
+    if benchmark and training_args.full_determinism:
+        raise ConfigError("`cudnn_benchmark: true` picks the fastest convolution algorithms, which `full_determinism` "
+                          "rules out for the same results every run; keep one.")
+    if gpu:
+        torch.backends.cudnn.benchmark = not training_args.full_determinism if benchmark is None else benchmark
+    return channels_last
+
+
 def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
          training_args: FinetuneTrainingArguments) -> dict:
     # Logging, seed, workers, and whether the Hub answers -----------------------------------------------------------
@@ -172,12 +188,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
                                 world_size=training_args.world_size)
     train_set, eval_set, test_set = inputs.get("train"), inputs.get("validation"), inputs.get(TEST_SPLIT)
 
-    # Trainer: channels-last where it helps; batches normalised on the model's device --------------------------------
-    channels_last = model_args.channels_last
-    if channels_last is None:
-        channels_last = training_args.device.type == "cuda"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    # Trainer: channels-last and cuDNN's timed algorithms where they help; batches normalised on the model's device
+    channels_last = gpu_settings(model, model_args, training_args)
     normalizer = BatchNormalizer(pre, channels_last)
     device_decoder = None
     if data_args.gpu_decode:
