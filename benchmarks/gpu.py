@@ -100,7 +100,7 @@ def decode_rows(files: list[Path], batch: int, device: str) -> tuple[dict, dict]
     from PIL import Image
     from torchvision.transforms.v2 import functional as F
 
-    from hf_resnet.images import jpeg_to_tensor
+    from hf_resnet.data.images import jpeg_to_tensor
 
     blobs = [files[i % len(files)].read_bytes() for i in range(batch)]
     for _ in range(3):
@@ -128,9 +128,9 @@ def eval_bound(device: str) -> dict:
     from transformers import AutoImageProcessor
 
     from hf_resnet.bundled import resolve_asset
-    from hf_resnet.device_decode import DeviceDecoder
-    from hf_resnet.inputs import ExampleTransform, collate
-    from hf_resnet.transforms import BatchNormalizer, DeviceDecode, PreprocessConfig, build_eval_transform
+    from hf_resnet.data.gpu_decode import DeviceDecoder
+    from hf_resnet.data.inputs import ExampleTransform, collate
+    from hf_resnet.data.transforms import BatchNormalizer, DeviceDecode, PreprocessConfig, build_eval_transform
 
     processor = AutoImageProcessor.from_pretrained(resolve_asset("bundled:resnet-50-processor"))
     cfg = PreprocessConfig.from_processor(processor)

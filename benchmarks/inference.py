@@ -49,9 +49,9 @@ def _runner(backend: str, folder: str, threads: int):
     from PIL import Image
     from transformers import AutoImageProcessor
 
+    from hf_resnet.data.transforms import PreprocessConfig, build_eval_transform
     from hf_resnet.export import INT8_NAME, ONNX_NAME, session
     from hf_resnet.inference import Classifier
-    from hf_resnet.transforms import PreprocessConfig, build_eval_transform
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -124,8 +124,8 @@ def _fit_head(model, train_dir: Path, transform, ridge: float = 100.0) -> float:
     (the backbone stays random: the same network and cost). Returns the training images' top-1."""
     import torch
 
+    from hf_resnet.data.folders import read_folder
     from hf_resnet.export import load_pixels
-    from hf_resnet.folders import read_folder
 
     split = read_folder(str(train_dir), "train_dir")
     pixels, kept = load_pixels(split.files, transform)
@@ -154,9 +154,9 @@ def _prepare(folder: Path, images: Path, threads: int, calibration_images: int, 
     from transformers import AutoImageProcessor, ResNetConfig, ResNetForImageClassification
 
     from hf_resnet.bundled import resolve_asset
+    from hf_resnet.data.folders import class_folders, list_images
+    from hf_resnet.data.transforms import PreprocessConfig, build_eval_transform
     from hf_resnet.export import export_model
-    from hf_resnet.folders import class_folders, list_images
-    from hf_resnet.transforms import PreprocessConfig, build_eval_transform
 
     torch.set_num_threads(threads)
     classes = class_folders(images / "val")

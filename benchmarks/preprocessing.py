@@ -41,9 +41,9 @@ from transformers import AutoImageProcessor
 
 from hf_resnet.bundled import resolve_asset
 from hf_resnet.constants import IMAGE_EXTENSIONS
-from hf_resnet.images import decode_tensor
-from hf_resnet.inputs import ExampleTransform, collate
-from hf_resnet.transforms import (
+from hf_resnet.data.images import decode_tensor
+from hf_resnet.data.inputs import ExampleTransform, collate
+from hf_resnet.data.transforms import (
     BatchNormalizer,
     PreprocessConfig,
     TrainDraft,

@@ -42,7 +42,7 @@ def _pixels(text: str) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .reports.audit import AuditError, audit_folder, format_report
+    from .data.audit import AuditError, audit_folder, format_report
 
     max_pixels = args.max_image_pixels or None
     try:
@@ -138,7 +138,7 @@ def _evaluate(argv: list[str]) -> int:
 
 def _image_files(paths: list[str]) -> tuple[list[str], list[str]]:
     """The images named or found (recursively) in folders, in order; and the arguments that are neither."""
-    from .folders import list_images
+    from .data.folders import list_images
 
     files, missing = [], []
     for name in paths:
@@ -354,7 +354,7 @@ def train(argv: list[str] | None = None) -> int:
 
 def _check_environment() -> None:
     """A setting from the environment that cannot be followed: its message and exit code 2, before any work."""
-    from .images import decoder_choice_problem
+    from .data.images import decoder_choice_problem
 
     if problem := decoder_choice_problem():
         print(f"error: {problem}", file=sys.stderr)
@@ -371,7 +371,7 @@ def _end_distributed() -> None:
 
 def _interrupted(output_dir: str | None) -> None:
     """Ctrl-C: say what is kept and how to go on, instead of a traceback."""
-    from .checkpoints import last_complete_checkpoint
+    from .training.checkpoints import last_complete_checkpoint
 
     found = last_complete_checkpoint(output_dir, set_aside=False) if output_dir else None
     keep = f"{found} is complete: rerun the same command to resume from it." if found else (

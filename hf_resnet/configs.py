@@ -245,7 +245,7 @@ class DataArguments:
                     f"`gpu_decode: true` does the random crop and flip on the GPU, but not {', '.join(on_cpu)}; set "
                     f"{' and '.join(f'`{name}`' for name in on_cpu)} to 0 / none, or `gpu_decode: false`."
                 )
-            from .images import JPEG_DECODER
+            from .data.images import JPEG_DECODER
 
             if JPEG_DECODER == "pillow":
                 chosen = os.environ.get("HF_RESNET_JPEG_DECODER")

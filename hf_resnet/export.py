@@ -29,12 +29,12 @@ from PIL import Image
 
 from .configs import ModelArguments
 from .constants import DEFAULT_MAX_PIXELS
+from .data.folders import list_images, read_folder
+from .data.images import ImageDecodeError, decode_image
+from .data.transforms import build_eval_transform
 from .errors import DataError, ExportError
-from .folders import list_images, read_folder
-from .images import ImageDecodeError, decode_image
 from .inference import Classifier
-from .modeling import load_image_processor
-from .transforms import build_eval_transform
+from .training.modeling import load_image_processor
 
 ONNX_NAME, INT8_NAME, REPORT_NAME = "model.onnx", "model_int8.onnx", "export_report.json"
 PARITY_ATOL = 1e-4  # max |logit difference| between ONNX Runtime fp32 and PyTorch

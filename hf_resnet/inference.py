@@ -21,11 +21,11 @@ import torch
 
 from .configs import ModelArguments
 from .constants import DEFAULT_MAX_PIXELS
+from .data.images import ImageDecodeError, decode_tensor
+from .data.transforms import BatchNormalizer, PreprocessConfig, build_eval_transform
 from .errors import ModelLoadError
-from .images import ImageDecodeError, decode_tensor
-from .metrics import topk_stable
-from .modeling import build_model, load_config, load_image_processor
-from .transforms import BatchNormalizer, PreprocessConfig, build_eval_transform
+from .training.metrics import topk_stable
+from .training.modeling import build_model, load_config, load_image_processor
 
 
 @dataclass

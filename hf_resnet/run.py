@@ -20,26 +20,26 @@ import torch
 import transformers
 from transformers.trainer_utils import EvalLoopOutput, set_seed
 
-from .callbacks import FileModesCallback, SkippedImagesCallback
-from .checkpoints import fix_file_modes, resume_checkpoint
 from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from .constants import TEST_SPLIT
-from .data import ImageData, load_image_data, plan_streamed_steps
-from .device_decode import DeviceDecoder, record_device_skip
+from .data.gpu_decode import DeviceDecoder, record_device_skip
+from .data.images import jpeg_decoder_for
+from .data.inputs import build_split_inputs, file_names
+from .data.loading import ImageData, load_image_data, plan_streamed_steps
+from .data.skips import build_report, publish, skipped_indices, start_afresh
+from .data.transforms import BatchNormalizer, PreprocessConfig
 from .errors import ConfigError
 from .hub import settle_offline_mode
-from .images import jpeg_decoder_for
 from .inference import Classifier
-from .inputs import build_split_inputs, file_names
-from .modeling import build_model, head_label_map, load_config, load_image_processor
-from .preflight import check_run
 from .reports.evaluation import start_report, write_split_report, write_training_curves
 from .reports.model_card import CardInfo, base_model_license, dataset_title, run_hyperparameters
-from .skips import build_report, publish, skipped_indices, start_afresh
-from .strategies import plan_strategy
 from .strategy_config import StrategyArguments
 from .trainer import ImageClassificationTrainer
-from .transforms import BatchNormalizer, PreprocessConfig
+from .training.callbacks import FileModesCallback, SkippedImagesCallback
+from .training.checkpoints import fix_file_modes, resume_checkpoint
+from .training.modeling import build_model, head_label_map, load_config, load_image_processor
+from .training.preflight import check_run
+from .training.strategies import plan_strategy
 
 logger = logging.getLogger("hf_resnet.run")
 

@@ -68,19 +68,19 @@ from transformers import EarlyStoppingCallback, Trainer
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint, has_length, seed_worker
 from transformers.utils.hub import hf_api
 
-from .callbacks import EpochCallback, UnfreezeCallback
-from .checkpoints import CHECKPOINT_RE
 from .constants import IGNORE_INDEX, REPORT_DIR
-from .device_decode import DeviceDecoder
-from .distributed import ExampleLog, ProcessBatchSampler
-from .ema import WeightEma
+from .data.gpu_decode import DeviceDecoder
+from .data.inputs import ImageClassificationDataset, collate
+from .data.transforms import BatchNormalizer
 from .errors import ConfigError, NonFiniteLossError
-from .inputs import ImageClassificationDataset, collate
-from .metrics import ComputeMetrics, reduce_logits
-from .optim import describe_groups, milestone_steps, optimizer_kwargs, step_schedule
 from .reports.model_card import CardInfo, write_model_card
-from .strategies import Strategy
-from .transforms import BatchNormalizer
+from .training.callbacks import EpochCallback, UnfreezeCallback
+from .training.checkpoints import CHECKPOINT_RE
+from .training.distributed import ExampleLog, ProcessBatchSampler
+from .training.ema import WeightEma
+from .training.metrics import ComputeMetrics, reduce_logits
+from .training.optim import describe_groups, milestone_steps, optimizer_kwargs, step_schedule
+from .training.strategies import Strategy
 
 logger = logging.getLogger(__name__)
 

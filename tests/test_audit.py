@@ -16,7 +16,7 @@ from conftest import REPO, make_image, make_image_folder
 from PIL import Image
 
 from hf_resnet.cli import main
-from hf_resnet.reports.audit import AuditError, audit_folder, format_report
+from hf_resnet.data.audit import AuditError, audit_folder, format_report
 
 
 def noisy_jpeg() -> bytes:

@@ -99,8 +99,8 @@ def test_odd_valid_images_train_like_any_other(tmp_path):
     make_image((30, 40, 200), rng).convert("LA").save(folder / "blue" / "la.png")
     Image.fromarray((np.arange(1600).reshape(40, 40) * 40).astype(np.uint16)).save(folder / "blue" / "gray16.png")
     from hf_resnet.configs import DataArguments
-    from hf_resnet.data import load_image_data
-    from hf_resnet.inputs import ExampleTransform, attach
+    from hf_resnet.data.inputs import ExampleTransform, attach
+    from hf_resnet.data.loading import load_image_data
     data = load_image_data(DataArguments(train_dir=str(folder), validation_dir=str(folder)))
     records = []
 

@@ -9,12 +9,12 @@ import torch
 from conftest import COLOURS, make_image_folder
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from hf_resnet.balance import BalancedSampler, inverse_frequency, label_counts, read_labels
 from hf_resnet.configs import DataArguments, FinetuneTrainingArguments
-from hf_resnet.data import load_image_data
+from hf_resnet.data.loading import load_image_data
 from hf_resnet.errors import ConfigError
-from hf_resnet.strategies import plan_strategy
 from hf_resnet.strategy_config import StrategyArguments
+from hf_resnet.training.balance import BalancedSampler, inverse_frequency, label_counts, read_labels
+from hf_resnet.training.strategies import plan_strategy
 
 SKEW = {"blue": 2, "green": 4, "red": 12}  # 18 images, 3 classes
 

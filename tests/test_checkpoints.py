@@ -5,9 +5,9 @@ import json
 import pytest
 from conftest import finetune, make_image_folder, recipe_args
 
-from hf_resnet.checkpoints import check_labels, last_complete_checkpoint, resume_checkpoint
 from hf_resnet.errors import ConfigError
 from hf_resnet.parser import parse_args
+from hf_resnet.training.checkpoints import check_labels, last_complete_checkpoint, resume_checkpoint
 
 
 def test_resuming_a_checkpoint_trained_on_other_classes(tmp_path):

@@ -163,7 +163,7 @@ def test_a_jpeg_decoder_the_environment_asks_for_that_does_not_load_is_an_error_
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.startswith("error: HF_RESNET_JPEG_DECODER='nvjpeg'") and "unset it" in result.stderr
 
-    from hf_resnet import images
+    from hf_resnet.data import images
 
     monkeypatch.setattr(images, "_CHOICE_PROBLEM", "HF_RESNET_JPEG_DECODER='x': not a JPEG decoder")
     with pytest.raises(SystemExit) as exit_info:  # every command checks it, not only train

@@ -10,7 +10,7 @@ from datasets import ClassLabel, Features, Image, Value
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from hf_resnet.configs import DataArguments, FinetuneTrainingArguments
-from hf_resnet.data import _resolve_columns, load_image_data, streaming_steps_per_epoch, use_steps_for_epochs
+from hf_resnet.data.loading import _resolve_columns, load_image_data, streaming_steps_per_epoch, use_steps_for_epochs
 from hf_resnet.errors import ConfigError, DataError
 
 TWO_CLASSES = {"red": (200, 30, 30), "blue": (30, 40, 200)}
@@ -159,7 +159,7 @@ def test_streamed_split_without_validation_never_overlaps(tmp_path):
 
 def test_hash_split_share_is_close_to_train_val_split():
     """Similar paths must not cluster (crc32 held out 31 of 60 'img_NN.png' for a 25% share)."""
-    from hf_resnet.data import _held_out
+    from hf_resnet.data.loading import _held_out
 
     paths = (f"/data/train/cat/img_{i:05d}.png" for i in range(4000))
     held = sum(_held_out({"image": {"path": path}}, "image", 0.25, 42) for path in paths)
@@ -221,7 +221,7 @@ def test_test_split_beside_a_validation_folder_comes_from_train(tmp_path):
 
 
 def test_test_split_of_a_stream_is_a_hash_band_apart_from_validation(tmp_path):
-    from hf_resnet.data import _in_band
+    from hf_resnet.data.loading import _in_band
 
     paths = [f"/data/train/cat/img_{i:05d}.png" for i in range(3000)]
     validation = {p for p in paths if _in_band({"image": {"path": p}}, "image", 0.0, 0.1, 42)}

@@ -7,8 +7,8 @@ import torch
 from conftest import finetune, recipe_args, save_checkpoint
 from safetensors.torch import load_file
 
-from hf_resnet.ema import WeightEma
 from hf_resnet.errors import ConfigError
+from hf_resnet.training.ema import WeightEma
 
 
 def test_update_formula_with_warm_up_and_save_load(tmp_path):

@@ -15,9 +15,9 @@ from conftest import PHOTOS, save_checkpoint
 from transformers import AutoImageProcessor, ResNetForImageClassification
 
 from hf_resnet import cli, export
+from hf_resnet.data.transforms import PreprocessConfig, build_eval_transform
 from hf_resnet.errors import ExportError
 from hf_resnet.inference import Classifier
-from hf_resnet.transforms import PreprocessConfig, build_eval_transform
 
 NAMES = ["red", "green", "blue"]  # the colour folders' classes
 

@@ -8,10 +8,10 @@ from conftest import make_image, make_image_folder
 from PIL import Image
 
 from hf_resnet.configs import DataArguments
-from hf_resnet.data import load_image_data
+from hf_resnet.data.audit import audit_folder
+from hf_resnet.data.folders import list_images, read_folder
+from hf_resnet.data.loading import load_image_data
 from hf_resnet.errors import DataError
-from hf_resnet.folders import list_images, read_folder
-from hf_resnet.reports.audit import audit_folder
 
 
 def test_training_and_audit_count_the_same_files(tmp_path):

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from hf_resnet import images as images_module
 from hf_resnet.bundled import resolve_asset
-from hf_resnet.images import ImageDecodeError, decode_image
-from hf_resnet.transforms import PreprocessConfig, build_eval_transform
+from hf_resnet.data import images as images_module
+from hf_resnet.data.images import ImageDecodeError, decode_image
+from hf_resnet.data.transforms import PreprocessConfig, build_eval_transform
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -278,7 +278,7 @@ def test_decode_tensor_gives_pillows_pixels_for_every_kind_of_file(tmp_path, jpe
     from conftest import PHOTOS
     from torchvision.transforms.v2.functional import pil_to_tensor
 
-    from hf_resnet.images import decode_tensor, plain_jpeg
+    from hf_resnet.data.images import decode_tensor, plain_jpeg
 
     rng = np.random.default_rng(0)
     picture = Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8))
@@ -305,7 +305,7 @@ def test_decode_tensor_gives_pillows_pixels_for_every_kind_of_file(tmp_path, jpe
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
 def test_decode_tensor_refuses_what_decode_image_refuses_with_the_same_reason(tmp_path, name, jpeg_decoder):
-    from hf_resnet.images import decode_tensor
+    from hf_resnet.data.images import decode_tensor
 
     make, _ = BAD_FILES[name]
     path = tmp_path / name

@@ -83,8 +83,8 @@ def test_classifier_display_undoes_the_normalisation(model):
     import numpy as np
     import torch
 
-    from hf_resnet.images import decode_tensor
-    from hf_resnet.transforms import BatchNormalizer
+    from hf_resnet.data.images import decode_tensor
+    from hf_resnet.data.transforms import BatchNormalizer
 
     classifier = Classifier.load(str(model), device="cpu")
     pixels = classifier.transform(decode_tensor(str(sorted(PHOTOS.rglob("*.jpg"))[0])))  # uint8, as the model sees

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_resnet.losses import TrainingLoss, cutmix, draw_box, mixup, one_hot, soft_cross_entropy
+from hf_resnet.training.losses import TrainingLoss, cutmix, draw_box, mixup, one_hot, soft_cross_entropy
 
 LN = math.log
 

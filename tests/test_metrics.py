@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, top_k_accuracy_score
 from transformers import EvalPrediction
 
-from hf_resnet.metrics import ComputeMetrics, classification_metrics, reduce_logits, topk_stable
+from hf_resnet.training.metrics import ComputeMetrics, classification_metrics, reduce_logits, topk_stable
 
 
 def score(logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -88,7 +88,7 @@ def test_confusion_counts_agree_with_the_reported_metrics():
     accuracy, per-class F1 averaged over the classes present = macro F1 (and scikit-learn agrees)."""
     from sklearn.metrics import confusion_matrix, f1_score
 
-    from hf_resnet.metrics import confusion_counts, per_class_metrics
+    from hf_resnet.training.metrics import confusion_counts, per_class_metrics
 
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 9, size=400)  # class 9 of 10 never appears as a label ...
@@ -114,7 +114,7 @@ def test_confusion_counts_agree_with_the_reported_metrics():
 def test_confusion_counts_never_hold_examples_by_classes():
     import tracemalloc
 
-    from hf_resnet.metrics import confusion_counts
+    from hf_resnet.training.metrics import confusion_counts
 
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 1000, size=50_000)

@@ -8,7 +8,7 @@ from transformers import ResNetConfig
 
 from hf_resnet.configs import ModelArguments
 from hf_resnet.errors import ModelLoadError
-from hf_resnet.modeling import build_model, checkpoint_rows, head_label_map, load_config, pretrained_label_map
+from hf_resnet.training.modeling import build_model, checkpoint_rows, head_label_map, load_config, pretrained_label_map
 
 
 def build(args: ModelArguments, labels: list[str]):

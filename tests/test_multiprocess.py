@@ -89,8 +89,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.nn.functional as F
     from transformers import ResNetConfig, ResNetForImageClassification
 
-    from hf_resnet.strategies import param_groups, plan_freezing
     from hf_resnet.strategy_config import StrategyArguments
+    from hf_resnet.training.strategies import param_groups, plan_freezing
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -166,7 +166,7 @@ def test_gpu_decode_with_a_stream_under_two_processes_scores_every_image_once(tm
 
 def trained(out, since: int = 0) -> dict[tuple[int, int], list[int]]:
     """(rank, global step before the batch) -> the example ids that process trained on (padding left out)."""
-    from hf_resnet.distributed import read_example_log
+    from hf_resnet.training.distributed import read_example_log
 
     return {(row["rank"], row["step"]): [i for i in row["ids"] if i >= 0]
             for row in read_example_log(out) if row["split"] == "train" and row["step"] >= since}
@@ -208,7 +208,7 @@ def test_balanced_sampler_and_a_mid_epoch_resume_under_two_processes(tmp_path, c
 def test_only_dispatched_streams_are_kept_from_the_device():
     from datasets import Dataset, IterableDataset
 
-    from hf_resnet.inputs import dispatched
+    from hf_resnet.data.inputs import dispatched
 
     table = Dataset.from_dict({"x": list(range(8))})
     stream = IterableDataset.from_generator(lambda: iter({"x": i} for i in range(8)))  # one shard

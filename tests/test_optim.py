@@ -4,7 +4,13 @@
 import pytest
 import torch
 
-from hf_resnet.optim import describe_groups, milestone_steps, optimizer_kwargs, step_decay_factor, step_schedule
+from hf_resnet.training.optim import (
+    describe_groups,
+    milestone_steps,
+    optimizer_kwargs,
+    step_decay_factor,
+    step_schedule,
+)
 
 
 def test_sgd_gets_momentum_and_nesterov_other_optimizers_are_untouched():

@@ -6,7 +6,7 @@ from conftest import finetune, recipe_args
 from datasets import Dataset
 
 from hf_resnet.errors import ConfigError, DataError
-from hf_resnet.preflight import check_label_values, check_output_dir
+from hf_resnet.training.preflight import check_label_values, check_output_dir
 
 
 def test_recipe_batch_larger_than_train_set_stops_before_training(tmp_path, colour_folders):

@@ -15,10 +15,10 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from transformers import ResNetConfig, ResNetForImageClassification, pipeline
 
+from hf_resnet.data.transforms import PreprocessConfig
 from hf_resnet.inference import Classifier
 from hf_resnet.reports.evaluation import write_split_report
 from hf_resnet.reports.gradcam import grad_cam
-from hf_resnet.transforms import PreprocessConfig
 
 SPLIT_FILES = ("eval_report.json", "confusion_matrix.csv", "confusion_matrix.png", "confusion_matrix_normalized.png",
                "predictions_grid.png", "gradcam.png")

@@ -2,7 +2,7 @@
 processes on the CPU (map-style and streamed), with evaluation counting each example once.
 
 The observable is the product's own record (`log_example_ids: true`): per process, the example ids of every batch
-it trained on or evaluated (`hf_resnet.distributed.ExampleLog`)."""
+it trained on or evaluated (`hf_resnet.training.distributed.ExampleLog`)."""
 
 import json
 import os
@@ -13,8 +13,8 @@ from collections import Counter, defaultdict
 import pytest
 from conftest import REPO, recipe_args
 
-from hf_resnet.distributed import ProcessBatchSampler, read_example_log
-from hf_resnet.inputs import example_key
+from hf_resnet.data.inputs import example_key
+from hf_resnet.training.distributed import ProcessBatchSampler, read_example_log
 
 PROCESSES = 4
 

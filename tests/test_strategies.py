@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_resnet.errors import ConfigError
-from hf_resnet.strategies import (
+from hf_resnet.strategy_config import StrategyArguments
+from hf_resnet.training.strategies import (
     add_head_dropout,
     batchnorm_held,
     component_of,
@@ -19,7 +20,6 @@ from hf_resnet.strategies import (
     select,
     set_frozen,
 )
-from hf_resnet.strategy_config import StrategyArguments
 
 
 def tiny_resnet(num_labels=3) -> ResNetForImageClassification:

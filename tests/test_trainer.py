@@ -13,13 +13,13 @@ import torch
 from conftest import finetune, recipe_args
 from transformers import ResNetConfig, ResNetForImageClassification, Trainer
 
-from hf_resnet.balance import BalancedSampler
 from hf_resnet.configs import FinetuneTrainingArguments
 from hf_resnet.errors import NonFiniteLossError
 from hf_resnet.reports.model_card import CardInfo
-from hf_resnet.strategies import Strategy, plan_freezing
 from hf_resnet.strategy_config import StrategyArguments
 from hf_resnet.trainer import ImageClassificationTrainer
+from hf_resnet.training.balance import BalancedSampler
+from hf_resnet.training.strategies import Strategy, plan_freezing
 
 
 class ProbeTrainer(ImageClassificationTrainer):

@@ -8,9 +8,9 @@ from PIL import Image
 from transformers import AutoImageProcessor, BitImageProcessor, ViTImageProcessor
 
 from hf_resnet.bundled import resolve_asset
-from hf_resnet.images import to_rgb
-from hf_resnet.inputs import collate
-from hf_resnet.transforms import PreprocessConfig, build_eval_transform, build_train_transform
+from hf_resnet.data.images import to_rgb
+from hf_resnet.data.inputs import collate
+from hf_resnet.data.transforms import PreprocessConfig, build_eval_transform, build_train_transform
 
 PHOTO_FILES = sorted(PHOTOS.glob("*/*.jpg"))  # ants and bees of many sizes and aspect ratios
 
@@ -90,8 +90,8 @@ def test_to_rgb_composites_transparency_on_white():
 def test_the_training_data_path_equals_the_processor_bit_for_bit(make_processor):
     """What the Trainer feeds the model in evaluation: files decoded to uint8 by `decode_tensor`, resized and cropped
     in the worker, batched as uint8 and normalised by `BatchNormalizer`: the processor's tensors exactly."""
-    from hf_resnet.images import decode_tensor
-    from hf_resnet.transforms import BatchNormalizer
+    from hf_resnet.data.images import decode_tensor
+    from hf_resnet.data.transforms import BatchNormalizer
 
     processor = make_processor()
     cfg = PreprocessConfig.from_processor(processor)
@@ -105,7 +105,7 @@ def test_the_training_data_path_equals_the_processor_bit_for_bit(make_processor)
 
 
 def test_uint8_train_batches_normalised_later_equal_normalising_in_the_worker():
-    from hf_resnet.transforms import BatchNormalizer
+    from hf_resnet.data.transforms import BatchNormalizer
 
     cfg = PreprocessConfig.from_processor(resnet50_processor())
     image = Image.open(PHOTO_FILES[0])
@@ -119,7 +119,7 @@ def test_uint8_train_batches_normalised_later_equal_normalising_in_the_worker():
 
 
 def test_random_erasing_on_uint8_fills_the_mean_colour():
-    from hf_resnet.transforms import BatchNormalizer, mean_colour
+    from hf_resnet.data.transforms import BatchNormalizer, mean_colour
 
     cfg = PreprocessConfig.from_processor(resnet50_processor())
     torch.manual_seed(0)
@@ -131,8 +131,8 @@ def test_random_erasing_on_uint8_fills_the_mean_colour():
 
 
 def test_train_draft_decodes_large_jpegs_smaller_but_never_below_the_smallest_crop(tmp_path):
-    from hf_resnet.images import decode_tensor
-    from hf_resnet.transforms import TrainDraft
+    from hf_resnet.data.images import decode_tensor
+    from hf_resnet.data.transforms import TrainDraft
 
     draft = TrainDraft(224, 0.08)
     assert draft(500, 375) == 1 and draft(1600, 1200) == 1  # ImageNet-sized photos: decoded whole

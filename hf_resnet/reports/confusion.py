@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import per_class_metrics
+from ..training.metrics import per_class_metrics
 
 
 def write_confusion_csv(path: Path, counts: np.ndarray, labels: list[str]) -> None:

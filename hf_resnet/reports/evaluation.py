@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from ..constants import IGNORE_INDEX, REPORT_DIR
+from ..data.inputs import file_names, iter_file_names
 from ..inference import Classifier
-from ..inputs import file_names, iter_file_names
-from ..metrics import confusion_counts
+from ..training.metrics import confusion_counts
 from .confusion import classes_to_show, most_confused, per_class_rows, write_confusion_csv
 from .gradcam import grad_cam
 from .model_card import SplitResult

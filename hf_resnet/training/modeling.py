@@ -17,10 +17,10 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 from transformers.utils import logging as transformers_logging
 
-from .bundled import bundled_names, resolve_asset
-from .configs import ModelArguments
-from .errors import ModelLoadError
-from .hub import is_offline
+from ..bundled import bundled_names, resolve_asset
+from ..configs import ModelArguments
+from ..errors import ModelLoadError
+from ..hub import is_offline
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
-from .data import ImageData
-from .errors import ConfigError, DataError
+from ..data.loading import ImageData
+from ..errors import ConfigError, DataError
 
 MIN_FREE_BYTES = 2 * 2**30  # room for a few ResNet-50 checkpoints (~300 MB each with optimizer state)
 

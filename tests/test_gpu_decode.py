@@ -14,16 +14,16 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from hf_resnet.bundled import resolve_asset
-from hf_resnet.device_decode import DeviceDecoder
-from hf_resnet.errors import ConfigError
-from hf_resnet.images import available_jpeg_decoders, decode_tensor
-from hf_resnet.inputs import ExampleTransform, collate
-from hf_resnet.transforms import (
+from hf_resnet.data.gpu_decode import DeviceDecoder
+from hf_resnet.data.images import available_jpeg_decoders, decode_tensor
+from hf_resnet.data.inputs import ExampleTransform, collate
+from hf_resnet.data.transforms import (
     BatchNormalizer,
     DeviceDecode,
     PreprocessConfig,
     build_eval_transform,
 )
+from hf_resnet.errors import ConfigError
 
 PHOTO_FILES = sorted(PHOTOS.glob("*/*.jpg"))
 
@@ -126,7 +126,7 @@ def test_gpu_decode_refuses_augmentations_it_cannot_run():
 def test_the_device_gets_a_decoder_that_decodes_there(monkeypatch):
     """A decoder that loads but cannot decode on the model's device (a build without nvJPEG for this CUDA) is
     passed over for the next; when none decodes there, the error says why each failed."""
-    from hf_resnet import images
+    from hf_resnet.data import images
 
     working = next(iter(images.available_jpeg_decoders().values()))
 
@@ -142,8 +142,8 @@ def test_the_device_gets_a_decoder_that_decodes_there(monkeypatch):
 
 
 def test_gpu_decode_names_the_fix_when_no_jpeg_decoder_loads(monkeypatch):
-    from hf_resnet import images
     from hf_resnet.configs import DataArguments
+    from hf_resnet.data import images
     from hf_resnet.errors import ConfigError
 
     monkeypatch.setattr(images, "JPEG_DECODER", "pillow")
@@ -192,7 +192,7 @@ def test_nvjpeg_never_writes_into_memory_that_queued_work_still_reads(decoder):
     and checks every sum. Two kinds of freed memory: tensors the training stream made (the last step's gradients)
     and the last decode's own images (the previous chunk of a batch). The bare decoder is run the same way and its
     counts printed: they show whether this GPU has the hazard that hf-resnet's decode avoids."""
-    from hf_resnet import images
+    from hf_resnet.data import images
 
     blobs = [f.read_bytes() for f in PHOTO_FILES]
     decoded = images.jpeg_to_tensor(blobs, device="cuda", decoder=decoder)
@@ -238,7 +238,7 @@ def test_large_shrinks_are_area_averaged_first_and_stay_close_to_a_direct_resize
     resize (which the CPU can still do)."""
     from torchvision.transforms import InterpolationMode
 
-    from hf_resnet.device_decode import within_resize_limit
+    from hf_resnet.data.gpu_decode import within_resize_limit
 
     rows, cols = torch.meshgrid(torch.linspace(0, 6, 2400), torch.linspace(0, 4, 1800), indexing="ij")
     picture = torch.stack([torch.sin(rows), torch.cos(cols), torch.sin(rows + cols)]) * 100 + 128
@@ -253,8 +253,8 @@ def test_large_shrinks_are_area_averaged_first_and_stay_close_to_a_direct_resize
 
 def test_a_batch_is_decoded_in_calls_of_bounded_size_with_the_same_result(monkeypatch):
     """One nvJPEG call holds all its images' pixels at once: big files go in several calls, which change nothing."""
-    from hf_resnet import device_decode
-    from hf_resnet.device_decode import call_groups
+    from hf_resnet.data import gpu_decode as device_decode
+    from hf_resnet.data.gpu_decode import call_groups
 
     assert call_groups([b"x" * 10] * 5, limit=25) == [range(0, 2), range(2, 4), range(4, 5)]
     assert call_groups([b"x" * 30, b"x" * 5], limit=25) == [range(0, 1), range(1, 2)]  # one file over: alone

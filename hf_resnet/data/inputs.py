@@ -19,7 +19,7 @@ import torch
 from datasets import Dataset, IterableDataset
 from datasets import Image as ImageFeature
 
-from .constants import DEFAULT_MAX_PIXELS, IGNORE_INDEX
+from ..constants import DEFAULT_MAX_PIXELS, IGNORE_INDEX
 from .images import ImageDecodeError, decode_tensor, describe, plain_jpeg
 from .skips import SkipRecorder
 from .transforms import (

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from .constants import IGNORE_INDEX
+from ..constants import IGNORE_INDEX
 from .images import ImageDecodeError, decode_tensor, jpeg_to_tensor
 from .skips import SkipRecorder
 from .transforms import BatchNormalizer, PreprocessConfig, eval_geometry

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .constants import IGNORE_INDEX, TOP_K
+from ..constants import IGNORE_INDEX, TOP_K
 
 
 def topk_stable(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,8 +21,8 @@ from pathlib import Path
 from datasets import ClassLabel, Dataset, Features
 from datasets import Image as ImageFeature
 
-from .constants import IMAGE_EXTENSIONS
-from .errors import DataError
+from ..constants import IMAGE_EXTENSIONS
+from ..errors import DataError
 
 MAX_STREAM_SHARDS = 1024  # a streamed folder is read in this many shards at most (split over workers, processes)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ..data.skips import build_report, publish
 from .checkpoints import fix_file_modes
-from .skips import build_report, publish
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .constants import IGNORE_INDEX
+from ..constants import IGNORE_INDEX
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from ..constants import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VALIDATION_SPLITS
 from ..errors import HfResnetError
-from ..folders import is_ignored, is_ignored_folder, walk
-from ..images import ImageDecodeError, decode_image, stored_mode
+from .folders import is_ignored, is_ignored_folder, walk
+from .images import ImageDecodeError, decode_image, stored_mode
 
 EXTREME_ASPECT = 10.0  # longer side / shorter side
 PROGRESS_MIN_FILES = 500  # show a progress bar from this many image files on

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 EMA_FILE = "ema.safetensors"
 

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from .constants import DEFAULT_MAX_PIXELS
+from ..constants import DEFAULT_MAX_PIXELS
 
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 

@@ -15,8 +15,8 @@ import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .constants import TEST_SPLIT
-from .errors import TooManySkippedImages
+from ..constants import TEST_SPLIT
+from ..errors import TooManySkippedImages
 
 logger = logging.getLogger(__name__)
 

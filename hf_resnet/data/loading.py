@@ -18,10 +18,10 @@ from datasets import ClassLabel, Dataset, IterableDataset, load_dataset
 from datasets import Image as ImageFeature
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-from .bundled import digits_image_folder
-from .configs import DataArguments
-from .constants import TEST_SPLIT, VALIDATION_SPLITS
-from .errors import ConfigError, DataError
+from ..bundled import digits_image_folder
+from ..configs import DataArguments
+from ..constants import TEST_SPLIT, VALIDATION_SPLITS
+from ..errors import ConfigError, DataError
 from .folders import folder_dataset, read_folder
 
 logger = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from datasets import Dataset, IterableDataset
 
-from .data import ImageData
-from .folders import list_images
+from ..data.folders import list_images
+from ..data.loading import ImageData
 
 logger = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from datasets import Dataset, IterableDataset
 from torch import nn
 
+from ..errors import ConfigError
+from ..strategy_config import SELECTOR_HELP, StrategyArguments
 from .balance import BalancedSampler, inverse_frequency, label_counts, read_labels
-from .errors import ConfigError
 from .losses import TrainingLoss
 from .modeling import HEAD_PREFIXES, is_head
-from .strategy_config import SELECTOR_HELP, StrategyArguments
 
 logger = logging.getLogger(__name__)
 
