@@ -100,15 +100,15 @@ def decode_rows(files: list[Path], batch: int, device: str) -> tuple[dict, dict]
     from PIL import Image
     from torchvision.transforms.v2 import functional as F
 
-    from hf_resnet.data.images import jpeg_to_tensor
+    from hf_resnet.data.gpu_decode import decode_jpegs
 
     blobs = [files[i % len(files)].read_bytes() for i in range(batch)]
     for _ in range(3):
-        images = jpeg_to_tensor(blobs, device=device)
+        images = decode_jpegs(blobs, device)
     synchronize()
     start, rounds = time.perf_counter(), 5
     for _ in range(rounds):
-        images = jpeg_to_tensor(blobs, device=device)
+        images = decode_jpegs(blobs, device)
         resized = [F.resize(image, [224, 224], antialias=True) for image in images]
     synchronize()
     gpu = batch * rounds / (time.perf_counter() - start)

@@ -352,16 +352,6 @@ class FinetuneTrainingArguments(TrainingArguments):
             self.accelerator_config = copies_without_waiting(self.accelerator_config)
         super().__post_init__()
 
-    def cap_dataloader_workers(self) -> str | None:
-        """At most the CPU cores this process may use (shared among the processes on this machine): more workers
-        only slow a run down (torch warns once per loader). Returns what was changed, to log."""
-        most = cores_per_process()
-        if self.dataloader_num_workers <= most:
-            return None
-        asked, self.dataloader_num_workers = self.dataloader_num_workers, most
-        return (f"dataloader_num_workers {asked} -> {most}: this machine gives {available_cores()} CPU core(s) to "
-                f"{os.environ.get('LOCAL_WORLD_SIZE', '1')} process(es)")
-
     def _check_precision(self) -> None:
         """fp16/bf16 that this machine cannot run: one message with the fix, not the Trainer's traceback."""
         gpu = torch.cuda.is_available()

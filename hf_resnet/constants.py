@@ -1,4 +1,4 @@
-"""Names and numbers shared across the package: one definition each, imported from here and nowhere else."""
+"""Names, numbers and one-line helpers shared across the package: one definition each, imported from here."""
 
 from __future__ import annotations
 
@@ -24,3 +24,8 @@ TOP_K = 5
 
 # The folder under output_dir that holds the evaluation reports (one sub-folder per split) and their pictures.
 REPORT_DIR = "report"
+
+
+def value_of(setting):
+    """An enum's value (the Trainer's strategies and scheduler types are enums once parsed), or the setting."""
+    return getattr(setting, "value", setting)

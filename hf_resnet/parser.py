@@ -26,6 +26,7 @@ from transformers import HfArgumentParser
 
 from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from .errors import ConfigError
+from .settings import check_arguments
 from .strategy_config import StrategyArguments
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -186,6 +187,7 @@ def parse_args(argv: list[str] | None = None):
         close = difflib.get_close_matches(unknown[0].lstrip("-"), sorted(_fields()), n=1)
         hint = f" Did you mean --{close[0]}?" if close else ""
         raise ConfigError(f"Unknown command-line arguments {unknown}.{hint} Run with --help for the fields.")
+    check_arguments(*arguments)  # the checks across dataclasses, before anything loads
     return tuple(arguments)
 
 

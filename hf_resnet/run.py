@@ -22,17 +22,16 @@ from transformers.trainer_utils import EvalLoopOutput, set_seed
 
 from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from .constants import TEST_SPLIT
-from .data.gpu_decode import DeviceDecoder, record_device_skip
-from .data.images import jpeg_decoder_for
+from .data.gpu_decode import device_decoder_for
 from .data.inputs import build_split_inputs, file_names
-from .data.loading import ImageData, load_image_data, plan_streamed_steps
+from .data.loading import ImageData, load_image_data
 from .data.skips import build_report, publish, skipped_indices, start_afresh
 from .data.transforms import BatchNormalizer, PreprocessConfig
-from .errors import ConfigError
 from .hub import settle_offline_mode
 from .inference import Classifier
 from .reports.evaluation import start_report, write_split_report, write_training_curves
 from .reports.model_card import CardInfo, base_model_license, dataset_title, run_hyperparameters
+from .settings import check_arguments, resolve_settings
 from .strategy_config import StrategyArguments
 from .trainer import ImageClassificationTrainer
 from .training.callbacks import FileModesCallback, SkippedImagesCallback
@@ -135,50 +134,34 @@ def write_reports(trainer: ImageClassificationTrainer, card: CardInfo, outputs: 
     card.training_curves = write_training_curves(output_dir, trainer.state, trainer.args.load_best_model_at_end)
 
 
-def gpu_settings(model, model_args: ModelArguments, training_args: FinetuneTrainingArguments) -> bool:
-    """channels-last (default: with a GPU) and cuDNN's benchmark mode (default: with a GPU, unless
-    `full_determinism`, which wants the same algorithms every run). Returns whether the model is channels-last."""
-    gpu = training_args.device.type == "cuda"
-    channels_last = gpu if model_args.channels_last is None else model_args.channels_last
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    benchmark = model_args.cudnn_benchmark
-    if benchmark and training_args.full_determinism:
-        raise ConfigError("`cudnn_benchmark: true` picks the fastest convolution algorithms, which `full_determinism` "
-                          "rules out for the same results every run; keep one.")
-    if gpu:
-        torch.backends.cudnn.benchmark = not training_args.full_determinism if benchmark is None else benchmark
-    return channels_last
-
-
 def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
          training_args: FinetuneTrainingArguments) -> dict:
-    # Logging, seed, workers, and whether the Hub answers -----------------------------------------------------------
+    # Logging, seed, the checks across fields, and whether the Hub answers -----------------------------------------
     setup_logging(training_args)
     set_seed(training_args.seed)
-    if note := training_args.cap_dataloader_workers():
-        logger.info(note)
+    check_arguments(model_args, data_args, strategy_args, training_args)  # before any data or weights load
     settle_offline_mode([model_args.model_name_or_path, model_args.config_name, model_args.image_processor_name,
                          data_args.dataset_name])
-    strategy_args.check_with(training_args)  # strategy x Trainer settings, before any data is read
 
     # Config and processor first: an unreachable Hub fails here, before any data is read ---------------------------
     config = load_config(model_args)
     processor = load_image_processor(model_args)
 
-    # Data, checked against the checkpoint before any weights are built ----------------------------------------------
+    # Data, opened (a stream reads no image yet), then the run's settings, final from here on -----------------------
     data = load_data(data_args, model_args, training_args)
+    settings = resolve_settings(model_args, data_args, strategy_args, training_args, data)
     label_map = head_label_map(model_args, config, data.labels)  # None: a new head for the data's classes
     check_run(data, training_args, model_args, keeps_head=label_map is not None)
-    stream_steps_per_epoch = plan_streamed_steps(data, training_args)
 
     # Model, and the checkpoint a killed run resumes from ---------------------------------------------------------
     model = build_model(model_args, data.labels, config, label_map)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
     head_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     last_checkpoint = resume_or_start(training_args, head_labels)
 
     # Strategy: what trains when, each part's rate, the loss's class weights (logged) ------------------------------
-    strategy = plan_strategy(model, strategy_args, training_args, data, stream_steps_per_epoch)
+    strategy = plan_strategy(model, strategy_args, training_args, data, settings.steps_per_epoch)
 
     # Inputs: decoded and transformed per example in the DataLoader workers ------------------------------------------
     identity = label_map == list(range(len(data.labels)))
@@ -188,22 +171,10 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
                                 world_size=training_args.world_size)
     train_set, eval_set, test_set = inputs.get("train"), inputs.get("validation"), inputs.get(TEST_SPLIT)
 
-    # Trainer: channels-last and cuDNN's timed algorithms where they help; batches normalised on the model's device
-    channels_last = gpu_settings(model, model_args, training_args)
-    normalizer = BatchNormalizer(pre, channels_last)
-    device_decoder = None
-    if data_args.gpu_decode:
-        if training_args.device.type != "cuda":
-            logger.warning("`gpu_decode: true` without a CUDA device: JPEGs are decoded in the main process on the "
-                           "CPU, slower than in the DataLoader workers. Set `gpu_decode: false` here.")
-        try:
-            decoder = jpeg_decoder_for(training_args.device)
-        except RuntimeError as err:
-            raise ConfigError(f"`gpu_decode: true`: {err}. Install a torchcodec or torchvision built for this "
-                              "CUDA, or set `gpu_decode: false`.") from err
-        logger.info("gpu_decode: JPEGs decoded on %s by %s", training_args.device, decoder)
-        device_decoder = DeviceDecoder(pre, normalizer, decoder=decoder,
-                                       on_failure=functools.partial(record_device_skip, training_args.output_dir))
+    # Trainer: batches normalised (or JPEGs decoded, with gpu_decode) on the model's device ---------------------------
+    normalizer = BatchNormalizer(pre, settings.channels_last)
+    device_decoder = device_decoder_for(pre, normalizer, training_args.device, training_args.output_dir) \
+        if data_args.gpu_decode else None
     card = card_info(data, model_args, data_args, strategy_args, training_args, model, head_labels, pre)
     trainer = ImageClassificationTrainer(
         model=model, args=training_args, train_dataset=train_set if training_args.do_train else None,

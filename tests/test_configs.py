@@ -41,10 +41,12 @@ def test_persistent_workers_would_freeze_augmentation(tmp_path):
 @pytest.mark.parametrize("cores, processes, asked, expected", [(2, 1, 4, 2), (2, 1, 2, 2), (16, 2, 15, 8),
                                                                (2, 2, 2, 1), (1, 1, 0, 0)])
 def test_dataloader_workers_are_capped_at_the_cores(tmp_path, monkeypatch, cores, processes, asked, expected):
+    from hf_resnet.settings import cap_workers
+
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
     args = FinetuneTrainingArguments(output_dir=str(tmp_path), dataloader_num_workers=asked)
-    note = args.cap_dataloader_workers()
+    note = cap_workers(args)
     assert args.dataloader_num_workers == expected
     assert (note is None) == (asked == expected)
     if note:

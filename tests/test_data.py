@@ -10,8 +10,9 @@ from datasets import ClassLabel, Features, Image, Value
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from hf_resnet.configs import DataArguments, FinetuneTrainingArguments
-from hf_resnet.data.loading import _resolve_columns, load_image_data, streaming_steps_per_epoch, use_steps_for_epochs
+from hf_resnet.data.loading import _resolve_columns, load_image_data
 from hf_resnet.errors import ConfigError, DataError
+from hf_resnet.settings import streaming_steps_per_epoch, use_steps_for_epochs
 
 TWO_CLASSES = {"red": (200, 30, 30), "blue": (30, 40, 200)}
 

@@ -14,12 +14,12 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from hf_resnet.bundled import resolve_asset
-from hf_resnet.data.gpu_decode import DeviceDecoder
+from hf_resnet.data import gpu_decode
+from hf_resnet.data.gpu_decode import DeviceDecode, DeviceDecoder
 from hf_resnet.data.images import available_jpeg_decoders, decode_tensor
 from hf_resnet.data.inputs import ExampleTransform, collate
 from hf_resnet.data.transforms import (
     BatchNormalizer,
-    DeviceDecode,
     PreprocessConfig,
     build_eval_transform,
 )
@@ -195,7 +195,7 @@ def test_nvjpeg_never_writes_into_memory_that_queued_work_still_reads(decoder):
     from hf_resnet.data import images
 
     blobs = [f.read_bytes() for f in PHOTO_FILES]
-    decoded = images.jpeg_to_tensor(blobs, device="cuda", decoder=decoder)
+    decoded = gpu_decode.decode_jpegs(blobs, "cuda", decoder)
     shapes = [tuple(image.shape) for image in decoded]
     expected_sums = [int(image.sum(dtype=torch.int64)) for image in decoded]
     del decoded
@@ -222,7 +222,7 @@ def test_nvjpeg_never_writes_into_memory_that_queued_work_still_reads(decoder):
         return images._DECODERS[decoder](blobs, "cuda")
 
     def ours():
-        return images.jpeg_to_tensor(blobs, device="cuda", decoder=decoder)
+        return gpu_decode.decode_jpegs(blobs, "cuda", decoder)
 
     counts = {(name, reuse): wrong_sums(decode, reuse) for name, decode in (("bare", bare), ("ours", ours))
               for reuse in (False, True)}

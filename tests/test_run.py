@@ -197,43 +197,28 @@ def test_a_last_batch_of_one_image_trains_instead_of_crashing_in_batchnorm(tmp_p
     assert all(h["loss"] == h["loss"] for h in state["log_history"] if "loss" in h)  # finite
 
 
-@pytest.mark.parametrize("device, asked, full_determinism, benchmark", [
-    ("cuda", None, False, True), ("cuda", None, True, False), ("cuda", False, False, False),
-    ("cpu", False, False, True),  # on a CPU the flag stays as it was (True here), even when asked off
+@pytest.mark.parametrize("device, asked, full_determinism, expected", [
+    ("cuda", None, False, (True, True)), ("cuda", None, True, (True, False)), ("cuda", False, False, (True, False)),
+    ("cpu", False, False, (False, None)),  # on a CPU the flag is left as it was, even when asked off
 ])
-def test_gpu_defaults_channels_last_and_cudnn_benchmark_unless_determinism(monkeypatch, device, asked,
-                                                                             full_determinism, benchmark):
+def test_gpu_defaults_channels_last_and_cudnn_benchmark_unless_determinism(device, asked, full_determinism,
+                                                                             expected):
     """With a GPU: channels-last and cuDNN's timed algorithms (timm's default too); `full_determinism` keeps the
     same algorithms every run; on a CPU neither is touched."""
     from types import SimpleNamespace
 
     import torch
-    from transformers import ResNetConfig, ResNetForImageClassification
 
     from hf_resnet.configs import ModelArguments
-    from hf_resnet.run import gpu_settings
+    from hf_resnet.settings import gpu_choices
 
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not benchmark if device == "cuda" else benchmark)
-    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1] * 4,
-                                                      layer_type="basic", num_labels=2))
     args = SimpleNamespace(device=torch.device(device), full_determinism=full_determinism)
-    channels_last = gpu_settings(model, ModelArguments(config_name="bundled:resnet-smoke", cudnn_benchmark=asked),
-                                 args)
-    assert channels_last == (device == "cuda")
-    assert model.resnet.embedder.embedder.convolution.weight.is_contiguous(
-        memory_format=torch.channels_last) == channels_last
-    assert torch.backends.cudnn.benchmark == benchmark
+    assert gpu_choices(ModelArguments(config_name="bundled:resnet-smoke", cudnn_benchmark=asked), args) == expected
 
 
-def test_cudnn_benchmark_and_full_determinism_together_are_refused():
-    from types import SimpleNamespace
-
-    import torch
-
-    from hf_resnet.configs import ModelArguments
+def test_cudnn_benchmark_and_full_determinism_together_are_refused_at_parse_time():
     from hf_resnet.errors import ConfigError
-    from hf_resnet.run import gpu_settings
+    from hf_resnet.parser import parse_args
 
     with pytest.raises(ConfigError, match="full_determinism.*keep one"):
-        gpu_settings(torch.nn.Linear(1, 1), ModelArguments(config_name="bundled:resnet-smoke", cudnn_benchmark=True),
-                     SimpleNamespace(device=torch.device("cuda"), full_determinism=True))
+        parse_args(["--config", "smoke/digits_smoke", "--cudnn_benchmark", "true", "--full_determinism", "true"])

@@ -24,21 +24,71 @@ runs with the CPU decoder (what the tests exercise).
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torchvision.transforms.v2 import functional as F
 
 from ..constants import IGNORE_INDEX
-from .images import ImageDecodeError, decode_tensor, jpeg_to_tensor
+from ..errors import ConfigError
+from .images import ImageDecodeError, decode_tensor, jpeg_decoder, jpeg_decoder_for
 from .skips import SkipRecorder
 from .transforms import BatchNormalizer, PreprocessConfig, eval_geometry
+
+logger = logging.getLogger(__name__)
 
 # One nvJPEG call decodes all its images at once: a batch of 256 phone photos (12 MP) would hold 9 GB of pixels.
 # A call takes files up to this many encoded bytes (photos compress about 10x: some 300 MB of pixels); a batch of
 # ImageNet-sized JPEGs (~110 KB) still goes in one call.
 MAX_CALL_BYTES = 32 * 2**20
+
+
+@dataclass(frozen=True)
+class DeviceDecode:
+    """`gpu_decode`'s worker side (`DeviceDecoder` below is the device side): for a JPEG left undecoded, the train
+    transform's random crop and flip drawn from the header's size, or the eval marker."""
+
+    train: bool
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+
+    def plan(self, width: int, height: int) -> torch.Tensor:
+        """[top, left, height, width, flip, train], drawn from torch's CPU generator (seeded per example by the
+        caller): torchvision's RandomResizedCrop sampling, 10 tries then the center crop at the closest valid
+        ratio, then the flip. Eval plans are the whole image, unflipped."""
+        if not self.train:
+            return torch.tensor([0, 0, height, width, 0, 0], dtype=torch.int32)
+        top, left, crop_h, crop_w = _random_resized_crop(height, width, self.scale, self.ratio)
+        flip = int(self.flip > 0 and torch.rand(1).item() < self.flip)
+        return torch.tensor([top, left, crop_h, crop_w, flip, 1], dtype=torch.int32)
+
+
+def _random_resized_crop(height: int, width: int, scale, ratio) -> tuple[int, int, int, int]:
+    # torchvision.transforms.v2.RandomResizedCrop.make_params, on a size instead of an image
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,)).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 def call_groups(blobs: list[bytes], limit: int | None = None) -> list[range]:
@@ -51,6 +101,44 @@ def call_groups(blobs: list[bytes], limit: int | None = None) -> list[range]:
             start, size = index, 0
         size += len(blob)
     return groups + [range(start, len(blobs))]
+
+
+_DECODE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def decode_jpegs(blobs: list[bytes], device, decoder: str | None = None) -> list[torch.Tensor]:
+    """JPEG bytes -> uint8 RGB (3, H, W) tensors on `device`, one batched call (nvJPEG on a GPU).
+
+    nvJPEG can write the decoded images before the work queued on the current stream has run: torchvision's
+    wrapper decodes on a private stream that does not wait for the caller's (pytorch/vision#9606), and nvJPEG's
+    hardware engine writes at call time whatever the stream (meta-pytorch/torchcodec#1634). The outputs are blocks
+    from torch's caching allocator, which hands a block out again as soon as it is freed on the stream that owns it:
+    memory that kernels still queued there (the last step's optimizer, after `zero_grad` freed the gradients) may
+    yet read. A device-side wait does not stop a write made at call time; only a host-side check does.
+
+    So the images are allocated while a stream of our own is current: its pool only ever holds decoded images, and
+    each is marked as used by the caller's stream (`record_stream`), so the allocator reuses its block only once it
+    has seen, on the host, that the caller's work with it is done. Both wrappers finish the decode before returning;
+    the caller's stream also waits for ours. The decode still overlaps the work queued before it, as a host-wide
+    synchronize would not. On a CPU device, a plain batched decode."""
+    decode = jpeg_decoder(decoder)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return list(decode(blobs, device))
+    caller = torch.cuda.current_stream(device)
+    own = _DECODE_STREAMS.get(device)
+    if own is None:
+        own = _DECODE_STREAMS[device] = torch.cuda.Stream(device)
+    try:
+        with torch.cuda.stream(own):
+            decoded = list(decode(blobs, device))
+    except Exception:
+        own.synchronize()  # nothing half-written is handed out again
+        raise
+    caller.wait_stream(own)
+    for image in decoded:
+        image.record_stream(caller)
+    return decoded
 
 
 class DeviceDecoder:
@@ -96,13 +184,13 @@ class DeviceDecoder:
         """One batched decode; if nvJPEG refuses the batch, each file alone, then Pillow for the ones it refuses.
         A file none can read gives the reason instead of an image."""
         try:
-            return list(jpeg_to_tensor(blobs, device=device, decoder=self.decoder))
+            return decode_jpegs(blobs, device, self.decoder)
         except RuntimeError:
             pass
         images: list[torch.Tensor | str] = []
         for data in blobs:
             try:
-                images.append(jpeg_to_tensor(data, device=device, decoder=self.decoder))
+                images.append(decode_jpegs([data], device, self.decoder)[0])
                 continue
             except RuntimeError:
                 pass
@@ -155,3 +243,20 @@ def record_device_skip(output_dir: str | None, split: str | None, example_id: in
     """A file that passed the worker's header check but neither nvJPEG nor Pillow could decode: into the same
     skipped-images list as the workers' skips (`skips.SkipRecorder`)."""
     SkipRecorder(output_dir, split or "train").record(example_id, f"index {example_id}", None, reason)
+
+
+def device_decoder_for(pre: PreprocessConfig, normalizer: BatchNormalizer, device: torch.device,
+                       output_dir: str | None) -> DeviceDecoder:
+    """`gpu_decode: true`: the decoder that finishes each batch on `device`, with the first JPEG decoder that
+    decodes there; none is a ConfigError that says why each failed."""
+    if device.type != "cuda":
+        logger.warning("`gpu_decode: true` without a CUDA device: JPEGs are decoded in the main process on the "
+                       "CPU, slower than in the DataLoader workers. Set `gpu_decode: false` here.")
+    try:
+        decoder = jpeg_decoder_for(device)
+    except RuntimeError as err:
+        raise ConfigError(f"`gpu_decode: true`: {err}. Install a torchcodec or torchvision built for this "
+                          "CUDA, or set `gpu_decode: false`.") from err
+    logger.info("gpu_decode: JPEGs decoded on %s by %s", device, decoder)
+    return DeviceDecoder(pre, normalizer, decoder=decoder,
+                         on_failure=functools.partial(record_device_skip, output_dir))

@@ -210,51 +210,24 @@ def decoder_choice_problem() -> str | None:
     return _CHOICE_PROBLEM
 
 
-def jpeg_to_tensor(data: bytes | list[bytes], device: str | torch.device = "cpu", decoder: str | None = None):
-    """JPEG bytes (or a list of them: one batched call, which nvJPEG runs in parallel with `device="cuda"`) ->
-    uint8 RGB (3, H, W) tensors on `device`, by `decoder` (default `JPEG_DECODER`). Raises RuntimeError on a
-    corrupt file, or when no JPEG decoder loads (callers then decode with Pillow)."""
+def jpeg_decoder(decoder: str | None = None) -> Callable:
+    """The batch decoder `decoder` names (default `JPEG_DECODER`): blobs, device -> uint8 RGB (3, H, W) tensors.
+    Raises RuntimeError when it does not load here (callers then decode with Pillow)."""
     decode = _decode_jpegs if decoder is None else _DECODERS.get(decoder)
     if decode is None:
         available = ", ".join(_DECODERS) or "none"
         raise RuntimeError(f"no JPEG decoder: {decoder or JPEG_DECODER!r} (available: {available})")
+    return decode
+
+
+def jpeg_to_tensor(data: bytes | list[bytes], decoder: str | None = None):
+    """JPEG bytes (or a list of them, one batched call) -> uint8 RGB (3, H, W) tensors on the CPU, by `decoder`
+    (default `JPEG_DECODER`). Raises RuntimeError on a corrupt file, or when no JPEG decoder loads. On a GPU,
+    `gpu_decode.decode_jpegs` decodes (it keeps nvJPEG's writes away from memory queued kernels still read)."""
     single = isinstance(data, (bytes, bytearray))
     blobs = [bytes(data)] if single else [bytes(item) for item in data]
-    decoded = _decode_beside(decode, blobs, device) if torch.device(device).type == "cuda" else decode(blobs, device)
+    decoded = jpeg_decoder(decoder)(blobs, "cpu")
     return decoded[0] if single else list(decoded)
-
-
-_DECODE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
-
-
-def _decode_beside(decode: Callable, blobs: list[bytes], device) -> list[torch.Tensor]:
-    """nvJPEG can write the decoded images before the work queued on the current stream has run: torchvision's
-    wrapper decodes on a private stream that does not wait for the caller's (pytorch/vision#9606), and nvJPEG's
-    hardware engine writes at call time whatever the stream (meta-pytorch/torchcodec#1634). The outputs are blocks
-    from torch's caching allocator, which hands a block out again as soon as it is freed on the stream that owns it:
-    memory that kernels still queued there (the last step's optimizer, after `zero_grad` freed the gradients) may
-    yet read. A device-side wait does not stop a write made at call time; only a host-side check does.
-
-    So the images are allocated while a stream of our own is current: its pool only ever holds decoded images, and
-    each is marked as used by the caller's stream (`record_stream`), so the allocator reuses its block only once it
-    has seen, on the host, that the caller's work with it is done. Both wrappers finish the decode before returning;
-    the caller's stream also waits for ours. The decode still overlaps the work queued before it, as a host-wide
-    synchronize would not."""
-    device = torch.device(device)
-    caller = torch.cuda.current_stream(device)
-    own = _DECODE_STREAMS.get(device)
-    if own is None:
-        own = _DECODE_STREAMS[device] = torch.cuda.Stream(device)
-    try:
-        with torch.cuda.stream(own):
-            decoded = list(decode(blobs, device))
-    except Exception:
-        own.synchronize()  # nothing half-written is handed out again
-        raise
-    caller.wait_stream(own)
-    for image in decoded:
-        image.record_stream(caller)
-    return decoded
 
 
 def plain_jpeg(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[bytes, int, int] | None:

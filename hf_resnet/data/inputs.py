@@ -20,10 +20,10 @@ from datasets import Dataset, IterableDataset
 from datasets import Image as ImageFeature
 
 from ..constants import DEFAULT_MAX_PIXELS, IGNORE_INDEX
+from .gpu_decode import DeviceDecode
 from .images import ImageDecodeError, decode_tensor, describe, plain_jpeg
 from .skips import SkipRecorder
 from .transforms import (
-    DeviceDecode,
     TrainDraft,
     augmentation,
     build_eval_transform,

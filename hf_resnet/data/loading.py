@@ -1,5 +1,4 @@
-"""Load the data: a Hub dataset or local image folders, streamed or not; find columns, splits and labels; turn
-a stream's epochs into optimizer steps.
+"""Load the data: a Hub dataset or local image folders, streamed or not; find columns, splits and labels.
 
 Returns an `ImageData` whose splits still hold raw images; `inputs.py` attaches the preprocessing lazily.
 Every check here runs before any weights are loaded or any step is trained, and each error names the fix.
@@ -9,19 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from dataclasses import dataclass, field
 from functools import partial
 
 import datasets
 from datasets import ClassLabel, Dataset, IterableDataset, load_dataset
 from datasets import Image as ImageFeature
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from ..bundled import digits_image_folder
 from ..configs import DataArguments
 from ..constants import TEST_SPLIT, VALIDATION_SPLITS
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from .folders import folder_dataset, read_folder
 
 logger = logging.getLogger(__name__)
@@ -293,50 +290,3 @@ def load_image_data(
         source=args.dataset_name or args.train_dir or args.validation_dir or "", notes=notes, sizes=split_sizes,
         held_out=held_out,
     )
-
-
-# Streaming step arithmetic -------------------------------------------------------------------------------------
-
-
-def streaming_steps_per_epoch(num_examples: int | None, args) -> int | None:
-    """Optimizer steps in one pass over a stream of known size (None when unknown and `max_steps` is set)."""
-    if num_examples is None:
-        if args.max_steps > 0:
-            return None
-        raise ConfigError(
-            "The streamed training split does not say how many examples it holds, so `num_train_epochs` cannot be "
-            "turned into steps. Pass `max_steps` (optimizer steps), e.g. --max_steps 10000."
-        )
-    batches = math.ceil(num_examples / (args.per_device_train_batch_size * args.world_size))
-    return max(1, math.ceil(batches / args.gradient_accumulation_steps))
-
-
-def use_steps_for_epochs(args, steps_per_epoch: int | None) -> None:
-    """A stream has no length for the Trainer: set `max_steps`, and turn epoch-wise eval/save/logging into
-    every `steps_per_epoch` steps, which also keeps processes in step when their shards differ in size."""
-    if steps_per_epoch is None:
-        epoch_wise = [k for k in ("eval", "save") if getattr(getattr(args, f"{k}_strategy"), "value", None) == "epoch"]
-        if epoch_wise and args.world_size > 1:  # processes would reach "end of epoch" at different steps and hang
-            raise ConfigError(
-                f"A stream of unknown size has no common epoch end across {args.world_size} processes; set "
-                + " and ".join(f"`{k}_strategy: steps` with `{k}_steps`" for k in epoch_wise) + "."
-            )
-        return
-    if args.max_steps <= 0:
-        args.max_steps = steps_per_epoch * math.ceil(args.num_train_epochs)
-    for kind in ("eval", "save", "logging"):
-        strategy = getattr(args, f"{kind}_strategy")
-        if getattr(strategy, "value", strategy) == "epoch":
-            setattr(args, f"{kind}_strategy", IntervalStrategy.STEPS if kind != "save" else SaveStrategy.STEPS)
-            setattr(args, f"{kind}_steps", steps_per_epoch)
-
-
-def plan_streamed_steps(data: ImageData, training_args) -> int | None:
-    """When training on a stream: set `max_steps` (and step-wise eval/save) from its known size; returns the
-    steps per epoch (None for a map-style train split, or a stream of unknown size with `max_steps` given)."""
-    if not training_args.do_train or not isinstance(data.train, IterableDataset):
-        return None
-    steps_per_epoch = streaming_steps_per_epoch(data.sizes.get("train"), training_args)
-    use_steps_for_epochs(training_args, steps_per_epoch)
-    logger.info("Streaming: training for %d optimizer steps", training_args.max_steps)
-    return steps_per_epoch

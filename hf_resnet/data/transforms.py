@@ -261,50 +261,6 @@ def build_eval_transform(cfg: PreprocessConfig, normalize: bool = True) -> Calla
 
 
 @dataclass(frozen=True)
-class DeviceDecode:
-    """`gpu_decode`'s worker side (`device_decode.py` has the device side): for a JPEG left undecoded, the train
-    transform's random crop and flip drawn from the header's size, or the eval marker."""
-
-    train: bool
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: float = 0.5
-
-    def plan(self, width: int, height: int) -> torch.Tensor:
-        """[top, left, height, width, flip, train], drawn from torch's CPU generator (seeded per example by the
-        caller): torchvision's RandomResizedCrop sampling, 10 tries then the center crop at the closest valid
-        ratio, then the flip. Eval plans are the whole image, unflipped."""
-        if not self.train:
-            return torch.tensor([0, 0, height, width, 0, 0], dtype=torch.int32)
-        top, left, crop_h, crop_w = _random_resized_crop(height, width, self.scale, self.ratio)
-        flip = int(self.flip > 0 and torch.rand(1).item() < self.flip)
-        return torch.tensor([top, left, crop_h, crop_w, flip, 1], dtype=torch.int32)
-
-
-def _random_resized_crop(height: int, width: int, scale, ratio) -> tuple[int, int, int, int]:
-    # torchvision.transforms.v2.RandomResizedCrop.make_params, on a size instead of an image
-    area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
-    for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
-        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, size=(1,)).item())
-            left = int(torch.randint(0, width - w + 1, size=(1,)).item())
-            return top, left, h, w
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-@dataclass(frozen=True)
 class TrainDraft:
     """How much smaller a training JPEG may be decoded (`images.decode_tensor`'s `reduction`): the largest of 8, 4
     and 2 that keeps the smallest crop RandomResizedCrop can draw (`scale_min` of the area at aspect 3:4) at least

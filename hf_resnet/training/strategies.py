@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn.functional as F
-from datasets import Dataset, IterableDataset
+from datasets import Dataset
 from torch import nn
 
 from ..errors import ConfigError
@@ -306,22 +306,13 @@ def _class_balance(strategy: Strategy, data, seed: int) -> None:
 def plan_strategy(model: nn.Module, args: StrategyArguments, training_args, data=None,
                   steps_per_epoch: int | None = None) -> Strategy:
     """Freeze what the recipe freezes, add head dropout, count classes for the loss or sampler; log the plan.
-    (`args.check_with(training_args)` has run first: `run.main` calls it before reading data.)"""
+    (`settings.resolve_settings` has run first: the Trainer's arguments are final.)"""
     strategy = Strategy(args, plan_freezing(model, args), steps_per_epoch=steps_per_epoch)
     strategy.plan.start(model)
     if args.head_dropout:
         add_head_dropout(model, args.head_dropout)
     names = [name for name, _ in model.named_parameters()]
     logger.info("Strategy: %s", strategy.plan.describe(names))
-    if strategy.plan.unfreeze and training_args.world_size > 1 and not training_args.ddp_find_unused_parameters:
-        # DDP must not wait for gradients of the parts still frozen (registered, but without gradients yet)
-        training_args.ddp_find_unused_parameters = True
-        logger.info("Gradual unfreezing under %d processes: ddp_find_unused_parameters set to true",
-                    training_args.world_size)
     if training_args.do_train and data is not None and data.train is not None:
-        streamed = isinstance(data.train, IterableDataset)
-        if streamed and steps_per_epoch is None and (strategy.plan.unfreeze or args.step_decay):
-            raise ConfigError("`unfreeze_epochs` / `lr_milestones` / `lr_step_size` are in epochs, and this stream's "
-                              "size is unknown, so it has none; use a stream of known size or map-style data.")
         _class_balance(strategy, data, training_args.seed)
     return strategy
