@@ -34,7 +34,6 @@ from .reports.model_card import CardInfo, base_model_license, dataset_title, run
 from .settings import check_arguments, resolve_settings
 from .strategy_config import StrategyArguments
 from .trainer import ImageClassificationTrainer
-from .training.callbacks import FileModesCallback, SkippedImagesCallback
 from .training.checkpoints import fix_file_modes, resume_checkpoint
 from .training.modeling import build_model, head_label_map, load_config, load_image_processor
 from .training.preflight import check_run
@@ -181,8 +180,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
         eval_dataset=eval_set if training_args.do_eval else None, processing_class=processor,
         card_info=card, strategy=strategy, normalizer=normalizer, device_decoder=device_decoder,
         describe_examples=functools.partial(file_names, train_set),
-        callbacks=[SkippedImagesCallback(training_args.output_dir, data.sizes, data_args.max_skipped_share),
-                   FileModesCallback()],
+        split_sizes=data.sizes, max_skipped_share=data_args.max_skipped_share,
     )
 
     # Train, evaluate, test ----------------------------------------------------------------------------------------

@@ -6,12 +6,14 @@ streamed data; our model card.
   layer decay, no decay on norms/biases); SGD gets `sgd_momentum` / `sgd_nesterov`; the groups are logged;
 - `create_scheduler`: step / multi-step decay in epochs (`optim.step_schedule`) when the recipe sets it;
 - `set_initial_training_values`: keeps the optimizer steps per epoch, for those epochs and for gradual unfreezing
-  (`callbacks.UnfreezeCallback`);
+  (`callbacks.UnfreezeCallback`, which reads them when training starts);
 - `compute_loss`: the training loss is `losses.TrainingLoss` when label smoothing, class weights, mixup or CutMix
   is on; a batch whose images all failed to decode adds nothing; a NaN/inf loss stops the run with the step and
   the batch's files (`on_nonfinite_loss: stop`) or adds nothing (`skip`), before any weight sees it;
 - `train` / `evaluate` / `predict` / `save_model`: with `ema_decay`, the average of the weights is what is
-  evaluated and saved; a checkpoint holds the raw weights (to resume from) and `ema.safetensors`;
+  evaluated and saved (`ema.EmaTrainerMixin`, one of the bases); `evaluate` / `predict` also name the split
+  being evaluated for the example log;
+- `_add_run_callbacks`: every callback of a run is registered there;
 - `_get_dataloader`: a streamed train split of at least as many shards as processes is split by shard, so its
   batches are not dispatched (one of fewer shards is: read once, by the main process);
   a streamed eval split is read by the main process and dispatched, so every example is scored exactly once;
@@ -60,24 +62,22 @@ from __future__ import annotations
 
 import functools
 import logging
-from contextlib import contextmanager, nullcontext
-from pathlib import Path
+from contextlib import contextmanager
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer
-from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint, has_length, seed_worker
+from transformers.trainer_utils import EvalLoopOutput, has_length, seed_worker
 from transformers.utils.hub import hf_api
 
 from .constants import IGNORE_INDEX, REPORT_DIR
 from .data.gpu_decode import DeviceDecoder
-from .data.inputs import ImageClassificationDataset, collate
+from .data.inputs import ImageClassificationDataset, collate, pad_lone_example
 from .data.transforms import BatchNormalizer
 from .errors import ConfigError, NonFiniteLossError
 from .reports.model_card import CardInfo, write_model_card
-from .training.callbacks import EpochCallback, UnfreezeCallback
-from .training.checkpoints import CHECKPOINT_RE
+from .training.callbacks import EpochCallback, FileModesCallback, SkippedImagesCallback, UnfreezeCallback
 from .training.distributed import ExampleLog, ProcessBatchSampler
-from .training.ema import WeightEma
+from .training.ema import EmaTrainerMixin, WeightEma
 from .training.metrics import ComputeMetrics, reduce_logits
 from .training.optim import describe_groups, milestone_steps, optimizer_kwargs, step_schedule
 from .training.strategies import Strategy
@@ -85,25 +85,10 @@ from .training.strategies import Strategy
 logger = logging.getLogger(__name__)
 
 
-def pad_lone_example(inputs: dict) -> dict:
-    """A training batch of one image (an epoch's last, when the split's size is one over a multiple of the batch)
-    gets a copy labelled -100 beside it: BatchNorm in training mode needs two values per channel, which a small
-    model's 1x1 last stage would not have (a crash), and the ignored copy adds nothing to the loss. Several
-    processes pad in `distributed.ProcessBatchSampler` instead."""
-    pixels = inputs.get("pixel_values")
-    if not isinstance(pixels, torch.Tensor) or pixels.shape[0] != 1:
-        return inputs
-    inputs["pixel_values"] = torch.cat([pixels, pixels])
-    if isinstance(inputs.get("labels"), torch.Tensor):
-        inputs["labels"] = torch.cat([inputs["labels"], torch.full_like(inputs["labels"], IGNORE_INDEX)])
-    if isinstance(inputs.get("example_ids"), torch.Tensor):
-        inputs["example_ids"] = torch.cat([inputs["example_ids"], torch.full_like(inputs["example_ids"], -1)])
-    return inputs
-
-
-class ImageClassificationTrainer(Trainer):
+class ImageClassificationTrainer(EmaTrainerMixin, Trainer):
     def __init__(self, *args, card_info: CardInfo, strategy: Strategy | None = None, describe_examples=None,
-                 normalizer: BatchNormalizer | None = None, device_decoder: DeviceDecoder | None = None, **kwargs):
+                 normalizer: BatchNormalizer | None = None, device_decoder: DeviceDecoder | None = None,
+                 split_sizes: dict | None = None, max_skipped_share: float | None = None, **kwargs):
         kwargs.setdefault("data_collator", collate)
         kwargs.setdefault("compute_metrics", ComputeMetrics(len(card_info.labels)))
         kwargs.setdefault("preprocess_logits_for_metrics", reduce_logits)
@@ -115,16 +100,7 @@ class ImageClassificationTrainer(Trainer):
         self.loss = self.strategy.training_loss(self.model.config.num_labels, self.args.label_smoothing_factor)
         options = self.strategy.args
         self.ema = WeightEma(self.model, options.ema_decay, options.ema_warmup) if options.ema_decay else None
-        epoch_aware = [self.train_dataset] if isinstance(self.train_dataset, ImageClassificationDataset) else []
-        epoch_aware += [self.strategy.sampler] if self.strategy.sampler is not None else []
-        self.epoch_callback = EpochCallback(*epoch_aware)  # the process batch sampler joins it when built
-        self.add_callback(self.epoch_callback)
-        self.example_log = ExampleLog(self.args.output_dir, self.args.process_index) if self.args.log_example_ids \
-            else None
-        if self.example_log is not None:
-            self.add_callback(self.example_log)
-        if options.early_stopping_patience is not None:
-            self.add_callback(EarlyStoppingCallback(options.early_stopping_patience, options.early_stopping_threshold))
+        self._add_run_callbacks(split_sizes, max_skipped_share)
         self.card_info = card_info
         self.normalizer = normalizer  # uint8 batches -> the model's float input, on its device
         self.device_decoder = device_decoder  # gpu_decode: the batch's JPEGs decoded and transformed on the device
@@ -134,6 +110,25 @@ class ImageClassificationTrainer(Trainer):
         self._skip_update = False
         self._keep_predictions, self._kept = False, None
         self._eval_split = "eval"
+
+    def _add_run_callbacks(self, split_sizes: dict | None, max_skipped_share: float | None) -> None:
+        """Every callback of a run, registered here (the user's own come through `callbacks=`)."""
+        epoch_aware = [self.train_dataset] if isinstance(self.train_dataset, ImageClassificationDataset) else []
+        epoch_aware += [self.strategy.sampler] if self.strategy.sampler is not None else []
+        self.epoch_callback = EpochCallback(*epoch_aware)  # the process batch sampler joins it when built
+        self.add_callback(self.epoch_callback)
+        self.example_log = ExampleLog(self.args.output_dir, self.args.process_index) if self.args.log_example_ids \
+            else None
+        if self.example_log is not None:
+            self.add_callback(self.example_log)
+        options = self.strategy.args
+        if options.early_stopping_patience is not None:
+            self.add_callback(EarlyStoppingCallback(options.early_stopping_patience, options.early_stopping_threshold))
+        if self.strategy.plan.unfreeze:
+            self.add_callback(UnfreezeCallback(self.strategy.plan, lambda: self.steps_per_epoch))
+        if max_skipped_share is not None:
+            self.add_callback(SkippedImagesCallback(self.args.output_dir, split_sizes or {}, max_skipped_share))
+        self.add_callback(FileModesCallback())
 
     def _prepare_inputs(self, inputs):
         inputs = dict(inputs)
@@ -246,8 +241,7 @@ class ImageClassificationTrainer(Trainer):
                 self._skip_update = False
                 return None
             result = step(*args, **kwargs)
-            if self.ema is not None:
-                self.ema.update(self.model)
+            self.ema_step()
             return result
 
         optimizer.step = guarded_step
@@ -255,12 +249,6 @@ class ImageClassificationTrainer(Trainer):
     def set_initial_training_values(self, args, dataloader):
         values = super().set_initial_training_values(args, dataloader)
         self.steps_per_epoch = values[1] if has_length(dataloader) else self.strategy.steps_per_epoch
-        plan = self.strategy.plan
-        self.remove_callback(UnfreezeCallback)
-        if plan.unfreeze:
-            if self.steps_per_epoch is None:
-                raise ConfigError("`unfreeze_epochs` needs epochs, and this stream's size is unknown.")
-            self.add_callback(UnfreezeCallback(plan, self.steps_per_epoch))
         return values
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -282,51 +270,24 @@ class ImageClassificationTrainer(Trainer):
             return self.strategy.sampler
         return super()._get_train_sampler(train_dataset)
 
-    # EMA of the weights: evaluated and saved in their place; a checkpoint keeps both -------------------------------
-
-    def _ema_applied(self):
-        return self.ema.applied(self.model) if self.ema is not None else nullcontext()
-
-    def evaluated_weights(self):
-        """A context in which `self.model` holds the weights `evaluate()` scores and `save_model()` writes (the
-        EMA when `ema_decay` is set): what the reports' pictures must be drawn with."""
-        return self._ema_applied()
+    # Training, and the evaluation split's name ---------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        if self.ema is not None and resume_from_checkpoint:
-            folder = resume_from_checkpoint
-            if folder is True:
-                folder = get_last_checkpoint(self.args.output_dir)
-            if folder:
-                self.ema.load(folder)
         # (13) The training loss is finite by construction (`compute_loss` stops or returns 0): the Trainer's filter
         # would only read it to the host after every backward. Evaluations inside keep the user's setting.
         self._eval_nan_filter, self.args.logging_nan_inf_filter = self.args.logging_nan_inf_filter, False
         try:
-            result = super().train(resume_from_checkpoint, *args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             self.args.logging_nan_inf_filter, self._eval_nan_filter = self._eval_nan_filter, None
-        if self.ema is not None and self.args.load_best_model_at_end and self.state.best_model_checkpoint:
-            self.ema.load(self.state.best_model_checkpoint)  # the average that was evaluated best
-        return result
 
-    def evaluate(self, *args, **kwargs):
-        with self._ema_applied():
-            return super().evaluate(*args, **kwargs)
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        self._eval_split = metric_key_prefix  # for the example log
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
-    def predict(self, *args, **kwargs):
-        with self._ema_applied():
-            return super().predict(*args, **kwargs)
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        folder = output_dir or self.args.output_dir
-        if self.ema is not None and CHECKPOINT_RE.match(Path(folder).name):
-            super().save_model(output_dir, _internal_call)  # the raw weights, which training resumes from
-            if self.args.should_save:
-                self.ema.save(folder)  # before trainer_state.json: a checkpoint with a state has its EMA
-            return
-        with self._ema_applied():
-            super().save_model(output_dir, _internal_call)
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        self._eval_split = metric_key_prefix
+        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     # Streamed data under several processes ----------------------------------------------------------------------
 
@@ -395,7 +356,6 @@ class ImageClassificationTrainer(Trainer):
             self._keep_predictions, self._kept = False, None
 
     def evaluation_loop(self, *args, **kwargs) -> EvalLoopOutput:
-        self._eval_split = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
         if self.example_log is not None:
             self.example_log.start_evaluation()
         training = self._eval_nan_filter is not None

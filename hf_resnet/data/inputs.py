@@ -247,3 +247,19 @@ def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output
         for split, (raw, tf, labels, split_map, split_seed) in plan.items()
         if raw is not None
     }
+
+
+def pad_lone_example(inputs: dict) -> dict:
+    """A training batch of one image (an epoch's last, when the split's size is one over a multiple of the batch)
+    gets a copy labelled -100 beside it: BatchNorm in training mode needs two values per channel, which a small
+    model's 1x1 last stage would not have (a crash), and the ignored copy adds nothing to the loss. Several
+    processes pad in `distributed.ProcessBatchSampler` instead."""
+    pixels = inputs.get("pixel_values")
+    if not isinstance(pixels, torch.Tensor) or pixels.shape[0] != 1:
+        return inputs
+    inputs["pixel_values"] = torch.cat([pixels, pixels])
+    if isinstance(inputs.get("labels"), torch.Tensor):
+        inputs["labels"] = torch.cat([inputs["labels"], torch.full_like(inputs["labels"], IGNORE_INDEX)])
+    if isinstance(inputs.get("example_ids"), torch.Tensor):
+        inputs["example_ids"] = torch.cat([inputs["example_ids"], torch.full_like(inputs["example_ids"], -1)])
+    return inputs

@@ -1,13 +1,16 @@
-"""Every `TrainerCallback` the run uses, in one place: each reacts to the Trainer's events and nothing else."""
+"""The `TrainerCallback`s of a run, each reacting to the Trainer's events and nothing else (`ExampleLog` is in
+`distributed.py`, beside what it checks). `ImageClassificationTrainer._add_run_callbacks` registers them all."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from ..data.skips import build_report, publish
+from ..errors import ConfigError
 from .checkpoints import fix_file_modes
 
 logger = logging.getLogger(__name__)
@@ -31,8 +34,10 @@ class UnfreezeCallback(TrainerCallback):
     resumed run too) the trainable set is the one due at that step, and before each optimizer step the parts due
     by then start to train. The optimizer's groups never change (every parameter is in them from the start)."""
 
-    def __init__(self, plan, steps_per_epoch: int):
-        self.plan, self.steps_per_epoch = plan, steps_per_epoch
+    def __init__(self, plan, steps_per_epoch: Callable[[], int | None]):
+        self.plan = plan
+        self.epoch_steps = steps_per_epoch  # optimizer steps per epoch, known once training starts
+        self.steps_per_epoch = 0
         self.done: int | None = None
 
     def _update(self, model, step: int) -> None:
@@ -46,6 +51,9 @@ class UnfreezeCallback(TrainerCallback):
         self.done = done
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.steps_per_epoch = self.epoch_steps()
+        if self.steps_per_epoch is None:
+            raise ConfigError("`unfreeze_epochs` needs epochs, and this stream's size is unknown.")
         self.done = None
         self._update(model, state.global_step)
 

@@ -6,18 +6,24 @@ BatchNorm statistics) moves the average towards the model:
     d_n   = min(decay, (1 + n) / (10 + n)) with warm-up, else decay
 Integer buffers (BatchNorm's `num_batches_tracked`) are copied. The average lives beside the model (one more copy
 of the weights) and is saved with the update count, so a resumed run continues it exactly.
+
+`EmaTrainerMixin` is everything the Trainer does with it (`ema_decay` set): it moves after each optimizer step
+taken, is what `evaluate`/`predict` score and `save_model` writes, while a checkpoint holds the raw weights (to
+resume from) and `ema.safetensors`; a resumed run loads it, and `load_best_model_at_end` loads the best one's.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..errors import ConfigError
+from .checkpoints import CHECKPOINT_RE
 
 EMA_FILE = "ema.safetensors"
 
@@ -78,3 +84,50 @@ class WeightEma:
             self.updates = int(handle.metadata()["updates"])
             for name, average in self.shadow.items():
                 average.copy_(handle.get_tensor(name))
+
+
+class EmaTrainerMixin:
+    """The EMA's part of `ImageClassificationTrainer` (before `Trainer` in its bases); `self.ema` is a `WeightEma`
+    or None, set in `__init__`."""
+
+    ema: WeightEma | None = None
+
+    def ema_step(self) -> None:
+        """After an optimizer step that was taken (the trainer's guarded step calls it)."""
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def evaluated_weights(self):
+        """A context in which `self.model` holds the weights `evaluate()` scores and `save_model()` writes (the
+        EMA when `ema_decay` is set): what the reports' pictures must be drawn with."""
+        return self.ema.applied(self.model) if self.ema is not None else nullcontext()
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if self.ema is not None and resume_from_checkpoint:
+            folder = resume_from_checkpoint
+            if folder is True:
+                folder = get_last_checkpoint(self.args.output_dir)
+            if folder:
+                self.ema.load(folder)
+        result = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self.ema is not None and self.args.load_best_model_at_end and self.state.best_model_checkpoint:
+            self.ema.load(self.state.best_model_checkpoint)  # the average that was evaluated best
+        return result
+
+    def evaluate(self, *args, **kwargs):
+        with self.evaluated_weights():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self.evaluated_weights():
+            return super().predict(*args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        folder = output_dir or self.args.output_dir
+        if self.ema is not None and CHECKPOINT_RE.match(Path(folder).name):
+            super().save_model(output_dir, _internal_call)  # the raw weights, which training resumes from
+            if self.args.should_save:
+                self.ema.save(folder)  # before trainer_state.json: a checkpoint with a state has its EMA
+            return
+        with self.evaluated_weights():
+            super().save_model(output_dir, _internal_call)
