@@ -16,7 +16,7 @@ import torch
 from transformers import TrainingArguments
 
 from .bundled import bundled_names, check_bundled
-from .constants import BUNDLED_PREFIX, DEFAULT_MAX_PIXELS
+from .constants import BUNDLED_PREFIX, DEFAULT_MAX_PIXELS, is_null
 from .errors import ConfigError
 
 
@@ -89,7 +89,7 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        if isinstance(self.model_name_or_path, str) and self.model_name_or_path.lower() in ("", "none", "null"):
+        if is_null(self.model_name_or_path):
             self.model_name_or_path = None  # `--model_name_or_path null` on the command line, as in YAML
         if self.model_name_or_path in bundled_names("config"):  # a shipped config has no weights: build from it
             self.model_name_or_path, self.config_name = None, self.config_name or self.model_name_or_path

@@ -26,6 +26,21 @@ TOP_K = 5
 REPORT_DIR = "report"
 
 
+# What a recipe or flag writes for "no value" (`--dataset_name null`, `--model_name_or_path none`).
+NULLS = ("null", "none", "~", "")
+
+
+def is_null(value) -> bool:
+    return isinstance(value, str) and value.strip().lower() in NULLS
+
+
+def label_names(config, missing_as_index: bool = True) -> list:
+    """A model config's class names in head order (`id2label` keys are ints, or strings when read from JSON); a
+    row without a name is its index as text, or None with `missing_as_index=False`."""
+    names = [config.id2label.get(i, config.id2label.get(str(i))) for i in range(config.num_labels)]
+    return [str(i) if name is None and missing_as_index else name for i, name in enumerate(names)]
+
+
 def value_of(setting):
     """An enum's value (the Trainer's strategies and scheduler types are enums once parsed), or the setting."""
     return getattr(setting, "value", setting)

@@ -1,5 +1,5 @@
 """The errors a user meets: each message names what is wrong and the fix; the command line prints it as one
-line and exits with code 2 (`run.cli`, `cli.main`), never with a traceback."""
+line and exits with code 2 (`cli.main`), never with a traceback."""
 
 from __future__ import annotations
 
@@ -30,3 +30,13 @@ class NonFiniteLossError(HfResnetError, FloatingPointError):
 
 class ExportError(HfResnetError, RuntimeError):
     """An export that cannot be made (a missing extra, no calibration images) or that failed its parity check."""
+
+
+def first_line(err: BaseException, with_type: bool = False) -> str:
+    """An exception's message cut to its first line (libraries' messages run to pages), or its type's name when
+    it has none; `with_type` puts the type first, as `ValueError: ...`."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
+    if with_type:
+        return f"{type(err).__name__}: {text}"
+    return text or type(err).__name__

@@ -32,7 +32,7 @@ from .constants import DEFAULT_MAX_PIXELS
 from .data.folders import list_images, read_folder
 from .data.images import ImageDecodeError, decode_image
 from .data.transforms import build_eval_transform
-from .errors import DataError, ExportError
+from .errors import DataError, ExportError, first_line
 from .inference import Classifier
 from .training.modeling import load_image_processor
 
@@ -111,8 +111,7 @@ def export_onnx(model: torch.nn.Module, path: Path, crop_size: tuple[int, int]) 
                                     dynamo=True, verbose=False)
         program.save(str(path), external_data=False)
     except Exception as err:  # the exporter's errors have no common base class
-        raise ExportError(f"torch.onnx.export failed for this model: {type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}") from err
+        raise ExportError(f"torch.onnx.export failed for this model: {first_line(err, with_type=True)}") from err
     onnx.checker.check_model(str(path))
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .configs import ModelArguments
-from .constants import DEFAULT_MAX_PIXELS
+from .constants import DEFAULT_MAX_PIXELS, label_names
 from .data.images import ImageDecodeError, decode_tensor
 from .data.transforms import BatchNormalizer, PreprocessConfig, build_eval_transform
 from .errors import ModelLoadError
@@ -56,7 +56,7 @@ class Classifier:
         if next(model.parameters()).device != self.device:
             self.model.to(self.device)
         config = model.config
-        self.labels = [config.id2label.get(i, config.id2label.get(str(i), str(i))) for i in range(config.num_labels)]
+        self.labels = label_names(config)
 
     @classmethod
     def load(cls, name_or_path: str, device: torch.device | str | None = None, revision: str = "main",
@@ -67,7 +67,7 @@ class Classifier:
                               cache_dir=cache_dir, allow_pickle_weights=allow_pickle_weights)
         config = load_config(args)  # a clear error when neither the folder nor the Hub (nor its cache) has it
         processor = load_image_processor(args)
-        labels = [config.id2label.get(i, config.id2label.get(str(i), str(i))) for i in range(config.num_labels)]
+        labels = label_names(config)
         model = build_model(args, labels, config, label_map=list(range(len(labels))))  # the head is kept
         try:
             preprocess = PreprocessConfig.from_processor(processor)

@@ -25,13 +25,13 @@ import yaml
 from transformers import HfArgumentParser
 
 from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
-from .errors import ConfigError
+from .constants import is_null, value_of
+from .errors import ConfigError, first_line
 from .settings import check_arguments
 from .strategy_config import StrategyArguments
 
 RECIPES = Path(__file__).parent / "recipes"
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, StrategyArguments, FinetuneTrainingArguments)
-NULLS = ("null", "none", "~", "")
 NONE_IS_A_VALUE = {"report_to"}  # `--report_to none` means "no tracker", as transformers documents it
 DATA_SOURCES = {"hub": ("dataset_name", "dataset_config_name"), "folders": ("train_dir", "validation_dir")}
 # The TrainingArguments fields `--help` shows; `--help-all` shows the other ~90.
@@ -92,7 +92,7 @@ def read_recipe(path: str | Path) -> dict:
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"Recipe {str(path)!r} is not valid YAML ({str(err).splitlines()[0]}).") from err
+        raise ConfigError(f"Recipe {str(path)!r} is not valid YAML ({first_line(err)}).") from err
     if not isinstance(values, dict):
         raise ConfigError(f"Recipe {str(path)!r} must be a mapping of field: value, got {type(values).__name__}.")
     known = _fields()
@@ -136,7 +136,7 @@ def _pop_nulls(argv: list[str]) -> dict[str, None]:
         if "=" in arg:
             name, value, width = arg[2:].split("=", 1)[0], arg.split("=", 1)[1], 1
         name = name.replace("-", "_")
-        null = value is not None and value.strip().lower() in NULLS
+        null = value is not None and is_null(value)
         if null and name in NONE_IS_A_VALUE and value.strip().lower() == "none":
             null = False
         if arg.startswith("--") and name in known and null:
@@ -182,7 +182,7 @@ def parse_args(argv: list[str] | None = None):
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:  # a dataclass's own checks (TrainingArguments raises ValueError)
-        raise ConfigError(str(err).strip().splitlines()[0]) from err
+        raise ConfigError(first_line(err)) from err
     if unknown:
         close = difflib.get_close_matches(unknown[0].lstrip("-"), sorted(_fields()), n=1)
         hint = f" Did you mean --{close[0]}?" if close else ""
@@ -218,7 +218,7 @@ def _describe(name: str, field: dataclasses.Field, width: int = 118) -> str:
     default = field.default if field.default is not dataclasses.MISSING else (
         field.default_factory() if field.default_factory is not dataclasses.MISSING else None
     )
-    default = getattr(default, "value", default)
+    default = value_of(default)
     help_text = " ".join(str(field.metadata.get("help", "")).split())
     text = f"{help_text} (default: {default})" if default not in (None, "") else help_text
     lines = textwrap.wrap(text, width - 36) or [""]

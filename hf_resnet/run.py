@@ -21,7 +21,7 @@ import transformers
 from transformers.trainer_utils import EvalLoopOutput, set_seed
 
 from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
-from .constants import TEST_SPLIT
+from .constants import TEST_SPLIT, label_names
 from .data.gpu_decode import device_decoder_for
 from .data.inputs import build_split_inputs, file_names
 from .data.loading import ImageData, load_image_data
@@ -73,7 +73,8 @@ def resume_or_start(training_args, head_labels: list[str]) -> str | None:
 
 
 def card_info(data: ImageData, model_args, data_args, strategy_args, training_args, model, head_labels: list[str],
-              pre: PreprocessConfig) -> CardInfo:
+              pre: PreprocessConfig, results: dict, training_curves: str | None) -> CardInfo:
+    """The model card's record, made once, after the reports it quotes."""
     license = model_args.license
     if license is None and training_args.do_train:
         license = base_model_license(model_args.model_name_or_path, model_args.model_revision, model_args.token,
@@ -95,6 +96,8 @@ def card_info(data: ImageData, model_args, data_args, strategy_args, training_ar
         parameters=model.num_parameters(),
         crop_size=pre.crop_size[0],
         hyperparameters=run_hyperparameters(strategy_args, training_args, augmentation),
+        results=results,
+        training_curves=training_curves,
     )
 
 
@@ -116,21 +119,22 @@ def evaluate(trainer: ImageClassificationTrainer, dataset, prefix: str) -> tuple
     return metrics, output
 
 
-def write_reports(trainer: ImageClassificationTrainer, card: CardInfo, outputs: dict, inputs: dict,
-                  skip_report: dict, pre: PreprocessConfig) -> None:
-    """Main process: `report/<split>/` for each split evaluated or predicted, `report/training_curves.png`; the
-    card gets what they show."""
+def write_reports(trainer: ImageClassificationTrainer, head_labels: list[str], outputs: dict, inputs: dict,
+                  skip_report: dict, pre: PreprocessConfig) -> tuple[dict, str | None]:
+    """Main process: `report/<split>/` for each split evaluated or predicted, `report/training_curves.png`.
+    Returns what the card quotes: split -> result, and the curves' path."""
+    results = {}
     output_dir = trainer.args.output_dir
     start_report(output_dir)
     with trainer.evaluated_weights():  # the pictures show the model that was scored (the EMA, when there is one)
         classifier = Classifier(trainer.model, pre)
         for split, (metrics, output, prefix) in outputs.items():
             result = write_split_report(output_dir, split, output.predictions, output.label_ids, metrics, prefix,
-                                        card.labels, inputs[split], classifier, skipped_indices(skip_report, split),
+                                        head_labels, inputs[split], classifier, skipped_indices(skip_report, split),
                                         seed=trainer.args.seed)
             if result is not None:
-                card.results[split] = result
-    card.training_curves = write_training_curves(output_dir, trainer.state, trainer.args.load_best_model_at_end)
+                results[split] = result
+    return results, write_training_curves(output_dir, trainer.state, trainer.args.load_best_model_at_end)
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
@@ -156,7 +160,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     model = build_model(model_args, data.labels, config, label_map)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    head_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    head_labels = label_names(model.config)
     last_checkpoint = resume_or_start(training_args, head_labels)
 
     # Strategy: what trains when, each part's rate, the loss's class weights (logged) ------------------------------
@@ -174,11 +178,10 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     normalizer = BatchNormalizer(pre, settings.channels_last)
     device_decoder = device_decoder_for(pre, normalizer, training_args.device, training_args.output_dir) \
         if data_args.gpu_decode else None
-    card = card_info(data, model_args, data_args, strategy_args, training_args, model, head_labels, pre)
     trainer = ImageClassificationTrainer(
         model=model, args=training_args, train_dataset=train_set if training_args.do_train else None,
         eval_dataset=eval_set if training_args.do_eval else None, processing_class=processor,
-        card_info=card, strategy=strategy, normalizer=normalizer, device_decoder=device_decoder,
+        strategy=strategy, normalizer=normalizer, device_decoder=device_decoder,
         describe_examples=functools.partial(file_names, train_set),
         split_sizes=data.sizes, max_skipped_share=data_args.max_skipped_share,
     )
@@ -201,17 +204,21 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     # Reports: skipped images (once), then one report per split and the training curves (main process) -----------
     main_process = trainer.is_world_process_zero()
     report = build_report(training_args.output_dir, data.sizes)
+    card = None
     if main_process:
-        write_reports(trainer, card, outputs, inputs, report, pre)
+        results, curves = write_reports(trainer, head_labels, outputs, inputs, report, pre)
+        card = card_info(data, model_args, data_args, strategy_args, training_args, model, head_labels, pre, results,
+                         curves)
     publish(report, training_args.output_dir, data_args.max_skipped_share, main_process)
 
     # Card and push (an evaluation-only run made no model: it pushes its report) ------------------------------------
     if main_process and training_args.do_train:
-        trainer.create_model_card()
+        trainer.create_model_card(card=card)
     if main_process:
         fix_file_modes(training_args.output_dir)
     if training_args.push_to_hub and training_args.do_train:
-        trainer.push_to_hub(commit_message="hf-resnet: fine-tuned model, processor, metrics, report and card")
+        trainer.push_to_hub(commit_message="hf-resnet: fine-tuned model, processor, metrics, report and card",
+                            card=card)
     elif training_args.push_to_hub:
         trainer.push_report()
     trainer.accelerator.wait_for_everyone()  # no process leaves while the main one still writes (gloo aborts)

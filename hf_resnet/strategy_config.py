@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .constants import value_of
 from .errors import ConfigError
 
 TUNINGS = ("full", "linear_probe")
@@ -235,14 +236,14 @@ class StrategyArguments:
 
     def check_with(self, training_args) -> None:
         """Checks that need the Trainer's arguments too; `run.main` calls it before reading any data."""
-        optim = str(getattr(training_args.optim, "value", training_args.optim))
+        optim = str(value_of(training_args.optim))
         optim_args = str(training_args.optim_args or "")
         if optim == "sgd" and any(key in optim_args for key in ("momentum", "nesterov")):
             raise ConfigError("`optim_args` sets SGD's momentum/nesterov; use `sgd_momentum` / `sgd_nesterov` "
                               "instead (one place for each setting).")
         if self.sgd_nesterov and optim != "sgd":
             raise ConfigError(f"`sgd_nesterov: true` applies to `optim: sgd`, not {optim!r}.")
-        schedule = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
+        schedule = str(value_of(training_args.lr_scheduler_type))
         if self.step_decay and schedule not in CONSTANT_SCHEDULES:
             raise ConfigError(f"`lr_milestones` / `lr_step_size` set a step schedule, but `lr_scheduler_type` is "
                               f"{schedule!r}; set `lr_scheduler_type: constant` (or `constant_with_warmup` for a "

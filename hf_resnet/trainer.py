@@ -86,13 +86,14 @@ logger = logging.getLogger(__name__)
 
 
 class ImageClassificationTrainer(EmaTrainerMixin, Trainer):
-    def __init__(self, *args, card_info: CardInfo, strategy: Strategy | None = None, describe_examples=None,
+    def __init__(self, *args, strategy: Strategy | None = None, describe_examples=None,
                  normalizer: BatchNormalizer | None = None, device_decoder: DeviceDecoder | None = None,
                  split_sizes: dict | None = None, max_skipped_share: float | None = None, **kwargs):
         kwargs.setdefault("data_collator", collate)
-        kwargs.setdefault("compute_metrics", ComputeMetrics(len(card_info.labels)))
         kwargs.setdefault("preprocess_logits_for_metrics", reduce_logits)
         super().__init__(*args, **kwargs)
+        if self.compute_metrics is None:
+            self.compute_metrics = ComputeMetrics(self.model.config.num_labels)
         self.strategy = strategy if strategy is not None else Strategy.default()
         self.model_accepts_loss_kwargs = False  # (8) the loss is a batch mean: the Trainer scales it for accumulation
         self.label_smoother = None  # (8) label_smoothing_factor is applied by our loss, which skips -100 labels
@@ -101,7 +102,6 @@ class ImageClassificationTrainer(EmaTrainerMixin, Trainer):
         options = self.strategy.args
         self.ema = WeightEma(self.model, options.ema_decay, options.ema_warmup) if options.ema_decay else None
         self._add_run_callbacks(split_sizes, max_skipped_share)
-        self.card_info = card_info
         self.normalizer = normalizer  # uint8 batches -> the model's float input, on its device
         self.device_decoder = device_decoder  # gpu_decode: the batch's JPEGs decoded and transformed on the device
         self.describe_examples = describe_examples  # example ids -> file names, for messages
@@ -372,11 +372,12 @@ class ImageClassificationTrainer(EmaTrainerMixin, Trainer):
 
     # Model card and Hub ---------------------------------------------------------------------------------------------
 
-    def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
-        """Our card; the quick start names the Hub repo when pushing, else the local folder."""
-        if self.is_world_process_zero():
+    def create_model_card(self, model_name: str | None = None, card: CardInfo | None = None, **kwargs) -> None:
+        """Our card from the run's record (`run.card_info`, made after the reports; `push_to_hub(card=...)` passes it
+        on); the quick start names the Hub repo when pushing, else the local folder. Without a record, none."""
+        if card is not None and self.is_world_process_zero():
             repo_id = getattr(self, "hub_model_id", None) if self.args.push_to_hub else None
-            write_model_card(self.card_info, self.args, repo_id=repo_id, model_name=model_name, state=self.state)
+            write_model_card(card, self.args, repo_id=repo_id, model_name=model_name, state=self.state)
 
     def push_report(self, commit_message: str = "hf-resnet: evaluation report"):
         """An evaluation-only run made no model: upload its report (`report/`, the results JSON, the skipped-image

@@ -143,7 +143,7 @@ def test_gradual_unfreezing_under_two_processes(tmp_path, colour_folders):
     result = launch([*recipe_args(out, colour_folders, model_name_or_path=str(ckpt), config_name=None,
                                   num_train_epochs="2", tuning="linear_probe", learning_rate="0.01"),
                      "--unfreeze_epochs", "1"])
-    assert "ddp_find_unused_parameters set to true" in result.stdout + result.stderr
+    assert "ddp_find_unused_parameters true: gradual unfreezing" in result.stdout + result.stderr
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 10
     before, after = load_file(str(ckpt / "model.safetensors")), load_file(str(out / "model.safetensors"))
     moved = {n for n in before if not n.startswith("classifier") and not torch.equal(before[n], after[n])}

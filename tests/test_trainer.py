@@ -15,7 +15,6 @@ from transformers import ResNetConfig, ResNetForImageClassification, Trainer
 
 from hf_resnet.configs import FinetuneTrainingArguments
 from hf_resnet.errors import NonFiniteLossError
-from hf_resnet.reports.model_card import CardInfo
 from hf_resnet.strategy_config import StrategyArguments
 from hf_resnet.trainer import ImageClassificationTrainer
 from hf_resnet.training.balance import BalancedSampler
@@ -47,13 +46,12 @@ def tiny_trainer(tmp_path, strategy_args: StrategyArguments | None = None, sampl
                   max_steps=2, report_to="none", use_cpu=True, dataloader_num_workers=0, save_strategy="no",
                   eval_strategy="no", optim="sgd", learning_rate=0.1, lr_scheduler_type="constant")
     args = FinetuneTrainingArguments(**{**values, **overrides})
-    card = CardInfo(base_model=None, dataset_name="tiny", dataset_id=None, labels=["a", "b"], tuning="full")
     model = ResNetForImageClassification(config)
     strategy = None
     if strategy_args is not None:
         strategy = Strategy(strategy_args, plan_freezing(model, strategy_args), sampler=sampler)
         strategy.plan.start(model)
-    return ProbeTrainer(model=model, args=args, train_dataset=examples, eval_dataset=examples, card_info=card,
+    return ProbeTrainer(model=model, args=args, train_dataset=examples, eval_dataset=examples,
                         strategy=strategy)
 
 
@@ -192,9 +190,7 @@ def test_final_evaluation_hands_back_top5_of_every_example_not_logits(tmp_path):
     examples = [{"pixel_values": torch.randn(3, 16, 16), "labels": i % 1000, "example_ids": i} for i in range(60)]
     args = FinetuneTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to="none",
                                      use_cpu=True, dataloader_num_workers=0, eval_strategy="no")
-    card = CardInfo(base_model=None, dataset_name="tiny", dataset_id=None, labels=[str(i) for i in range(1000)],
-                    tuning="full")
-    trainer = ImageClassificationTrainer(model=ResNetForImageClassification(config), args=args, card_info=card)
+    trainer = ImageClassificationTrainer(model=ResNetForImageClassification(config), args=args)
     metrics, output = trainer.evaluate_with_predictions(examples, metric_key_prefix="eval")
     ids, probs = output.predictions
     assert ids.shape == probs.shape == (60, 5) and output.label_ids.shape == (60,)  # 15 batches, 5 per example

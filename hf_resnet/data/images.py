@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ..constants import DEFAULT_MAX_PIXELS
+from ..errors import first_line
 
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -96,7 +97,7 @@ def decode_image(value, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Im
     except ImageDecodeError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, MemoryError, TypeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", describe(value), reason)
         raise ImageDecodeError(f"{type(err).__name__}: {reason}") from err
 
@@ -159,7 +160,7 @@ def _decodes(decode: Callable, device) -> str | None:
     try:
         decoded = decode([_probe_jpeg()], device)[0]
     except Exception as err:  # not installed, built without image decoding or nvJPEG, built for another torch...
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return first_line(err, with_type=True)
     return None if tuple(decoded.shape) == (3, 8, 8) else f"decoded to shape {tuple(decoded.shape)}"
 
 

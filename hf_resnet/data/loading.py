@@ -18,7 +18,7 @@ from datasets import Image as ImageFeature
 from ..bundled import digits_image_folder
 from ..configs import DataArguments
 from ..constants import TEST_SPLIT, VALIDATION_SPLITS
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .folders import folder_dataset, read_folder
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _load_hub(args: DataArguments, token: str | None, cache_dir: str | None):
             args.dataset_name, args.dataset_config_name, token=token, cache_dir=cache_dir, streaming=args.streaming
         )
     except (datasets.exceptions.DatasetNotFoundError, ConnectionError, FileNotFoundError, OSError, ValueError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = first_line(err)
         raise DataError(
             f"Dataset {args.dataset_name!r} could not be loaded ({type(err).__name__}: {first}). Check the id and "
             "the network (or HF_HUB_OFFLINE=1 with a cached copy); for gated datasets (ILSVRC/imagenet-1k) "

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..constants import value_of
 from ..hub import is_hub_id, is_offline
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def _versions() -> dict[str, str]:
 
 def format_value(value) -> str:
     """3.0 -> "3", 0.003 -> "0.003", 1e-05 -> "1e-05", enums by value: one spelling whatever the recipe wrote."""
-    value = getattr(value, "value", value)
+    value = value_of(value)
     if isinstance(value, bool) or value is None:
         return str(value).lower()
     if isinstance(value, float):
@@ -109,7 +110,7 @@ def run_hyperparameters(strategy_args, training_args, extra: dict) -> dict:
     default (what the strategy changed), the head's rate always (its effective value), SGD's momentum with SGD,
     then `extra` (augmentation, input size)."""
     shown = {}
-    sgd = "sgd" in str(getattr(training_args.optim, "value", training_args.optim))
+    sgd = "sgd" in str(value_of(training_args.optim))
     for spec in dataclasses.fields(strategy_args):
         value = getattr(strategy_args, spec.name)
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()

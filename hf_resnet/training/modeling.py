@@ -19,7 +19,8 @@ from transformers.utils import logging as transformers_logging
 
 from ..bundled import bundled_names, resolve_asset
 from ..configs import ModelArguments
-from ..errors import ModelLoadError
+from ..constants import label_names
+from ..errors import ModelLoadError, first_line
 from ..hub import is_offline
 
 logger = logging.getLogger(__name__)
@@ -34,17 +35,13 @@ def is_head(name: str) -> bool:
     return name.split(".", 1)[0] in HEAD_PREFIXES
 
 
-def _first_line(err: Exception) -> str:
-    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-
-
 def _hub_error(name: str, err: Exception) -> ModelLoadError:
     offline = "" if is_offline() else (
         " If this machine has no network, set HF_HUB_OFFLINE=1: the check then takes no time."
     )
     return ModelLoadError(
         f"Could not load {name!r}: it is not a local folder and the Hub could not be reached or has no cached copy "
-        f"({_first_line(err)}).{offline}\nWays on:\n"
+        f"({first_line(err, with_type=True)}).{offline}\nWays on:\n"
         f"  1. point `model_name_or_path` at a local checkpoint folder (config.json + model.safetensors, e.g. one "
         f"saved with `save_pretrained` or downloaded with `hf download {name}` on a machine with network);\n"
         f"  2. train a small ResNet from a config shipped in the package on your own image folder, offline:\n"
@@ -65,7 +62,8 @@ def _load_error(name: str, what: str, err: Exception) -> ModelLoadError:
             "ships, such as resnet."
         )
     if os.path.isdir(name):
-        return ModelLoadError(f"{name!r} is a folder but holds no readable {what} ({_first_line(err)}).")
+        reason = first_line(err, with_type=True)
+        return ModelLoadError(f"{name!r} is a folder but holds no readable {what} ({reason}).")
     return _hub_error(name, err)
 
 
@@ -103,7 +101,7 @@ def _normalise(name: str) -> str:
 
 def pretrained_label_map(config, labels: list[str]) -> list[int] | None:
     """Dataset label id -> checkpoint label id when both name the same classes; None when they do not."""
-    names = [config.id2label.get(i, config.id2label.get(str(i))) for i in range(config.num_labels)]
+    names = label_names(config, missing_as_index=False)
     if len(names) != len(labels) or any(n is None for n in names):
         return None
     if [_normalise(n) for n in names] == [_normalise(label) for label in labels]:
@@ -118,7 +116,7 @@ def checkpoint_rows(config, labels: list[str]) -> list[int] | None:
     """The checkpoint's head row for each dataset class, when the classes are fewer than the checkpoint's and
     each names exactly one of them: by its whole name or one of its comma-separated synonyms (ImageNet's
     "tabby, tabby cat"), case, spaces and underscores aside. None otherwise (ImageNet names "crane" twice)."""
-    names = [config.id2label.get(i, config.id2label.get(str(i))) for i in range(config.num_labels)]
+    names = label_names(config, missing_as_index=False)
     if len(labels) >= len(names) or any(n is None for n in names):
         return None
     index: dict[str, set[int]] = {}
