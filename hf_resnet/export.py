@@ -217,7 +217,10 @@ def export_model(name_or_path: str, output: str | Path, int8: bool = False, cali
                  eval_dir: str | None = None, calibration_images: int = 128, atol: float = PARITY_ATOL,
                  revision: str = "main", token: str | None = None, allow_pickle_weights: bool = False,
                  log: Callable[[str], None] = print) -> ExportReport:
-    """Export `name_or_path` (a model folder or Hub id, loaded as `Classifier.load` does) into `output`."""
+    """Export `name_or_path` (a model folder or Hub id, loaded as `Classifier.load` does) into `output`.
+
+    Kept whole: it is the export's steps in order (load, export, check, quantise, check, write the report), each a
+    call of its own; split up, the report's figures would travel through half a dozen return values."""
     require_runtime()
     image_dir = calibration or eval_dir
     if int8 and image_dir is None:

@@ -1,9 +1,10 @@
 """A model with its processor-exact eval transform: load it, preprocess files, predict the top-k with timing.
 
-`Classifier` is what `hf-resnet predict`, the report's prediction grid and Grad-CAM share (and what an export
-would start from): the model in eval mode, the checkpoint's own preprocessing (`transforms.EvalTransform`, equal
-to the image processor's on real photos), and `metrics.topk_stable` for the ranking, so a prediction here is the
-one the evaluation scored and the one `pipeline("image-classification")` gives.
+`Classifier` is what `hf-resnet predict`, the report's prediction grid and Grad-CAM, and `export` (which loads
+the model through `Classifier.load` and checks the exported model against it) share: the model in eval mode, the
+checkpoint's own preprocessing (`transforms.EvalTransform`, equal to the image processor's on real photos), and
+`metrics.topk_stable` for the ranking, so a prediction here is the one the evaluation scored and the one
+`pipeline("image-classification")` gives.
 
     classifier = Classifier.load("outputs/digits-smoke")
     for prediction in classifier.predict_files(["a.png", "b.png"], k=5):

@@ -67,7 +67,7 @@ def shipped_recipes() -> list[str]:
 
 def find_recipe(name: str | Path) -> Path:
     """A recipe path as given, else the shipped recipe of that name (`smoke/digits_smoke`, with or without
-    `.yaml`, with or without a leading `recipes/` as the repository's docs once spelt it)."""
+    `.yaml`, with or without a leading `recipes/`)."""
     path = Path(name)
     if path.is_file():
         return path

@@ -35,7 +35,7 @@ from .settings import check_arguments, resolve_settings
 from .strategy_config import StrategyArguments
 from .trainer import ImageClassificationTrainer
 from .training.checkpoints import fix_file_modes, resume_checkpoint
-from .training.modeling import build_model, head_label_map, load_config, load_image_processor
+from .training.modeling import build_model, head_label_map, label_remap, load_config, load_image_processor
 from .training.preflight import check_run
 from .training.strategies import plan_strategy
 
@@ -119,6 +119,21 @@ def evaluate(trainer: ImageClassificationTrainer, dataset, prefix: str) -> tuple
     return metrics, output
 
 
+def evaluate_splits(trainer: ImageClassificationTrainer, inputs: dict, data: ImageData, data_args) -> dict:
+    """Validation (with `do_eval`), then the test split when one is asked for: scored when labeled, else only
+    predicted (into report/test/predictions_test.csv). Returns split -> (metrics, gathered predictions, prefix)."""
+    args, outputs = trainer.args, {}
+    eval_set, test_set = inputs.get("validation"), inputs.get(TEST_SPLIT)
+    if args.do_eval and eval_set is not None:
+        outputs["validation"] = (*evaluate(trainer, eval_set, "eval"), "eval")
+    if test_set is not None and (data_args.test_dir or data_args.test_split or args.do_predict):
+        if data.test_has_labels:
+            outputs[TEST_SPLIT] = (*evaluate(trainer, test_set, "test"), "test")
+        else:
+            outputs[TEST_SPLIT] = ({}, trainer.predict(test_set, metric_key_prefix="test"), "test")
+    return outputs
+
+
 def write_reports(trainer: ImageClassificationTrainer, head_labels: list[str], outputs: dict, inputs: dict,
                   skip_report: dict, pre: PreprocessConfig) -> tuple[dict, str | None]:
     """Main process: `report/<split>/` for each split evaluated or predicted, `report/training_curves.png`.
@@ -139,6 +154,8 @@ def write_reports(trainer: ImageClassificationTrainer, head_labels: list[str], o
 
 def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
          training_args: FinetuneTrainingArguments) -> dict:
+    """The whole run; returns its metrics. Kept whole: it is the run's spine, read top to bottom as the steps of
+    the module docstring, each a named function (as alignment-handbook's and trl's scripts read)."""
     # Logging, seed, the checks across fields, and whether the Hub answers -----------------------------------------
     setup_logging(training_args)
     set_seed(training_args.seed)
@@ -153,11 +170,11 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     # Data, opened (a stream reads no image yet), then the run's settings, final from here on -----------------------
     data = load_data(data_args, model_args, training_args)
     settings = resolve_settings(model_args, data_args, strategy_args, training_args, data)
-    label_map = head_label_map(model_args, config, data.labels)  # None: a new head for the data's classes
-    check_run(data, training_args, model_args, keeps_head=label_map is not None)
+    kept_rows = head_label_map(model_args, config, data.labels)  # the head's row per class; None: a new head
+    check_run(data, training_args, model_args, keeps_head=kept_rows is not None)
 
     # Model, and the checkpoint a killed run resumes from ---------------------------------------------------------
-    model = build_model(model_args, data.labels, config, label_map)
+    model = build_model(model_args, data.labels, config, kept_rows)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     head_labels = label_names(model.config)
@@ -167,12 +184,10 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     strategy = plan_strategy(model, strategy_args, training_args, data, settings.steps_per_epoch)
 
     # Inputs: decoded and transformed per example in the DataLoader workers ------------------------------------------
-    identity = label_map == list(range(len(data.labels)))
     pre = PreprocessConfig.from_processor(processor)
-    inputs = build_split_inputs(data, pre, data_args,
-                                None if identity else label_map, training_args.output_dir, seed=training_args.seed,
-                                world_size=training_args.world_size)
-    train_set, eval_set, test_set = inputs.get("train"), inputs.get("validation"), inputs.get(TEST_SPLIT)
+    inputs = build_split_inputs(data, pre, data_args, label_remap(kept_rows, len(data.labels)),
+                                training_args.output_dir, seed=training_args.seed, world_size=training_args.world_size)
+    train_set, eval_set = inputs.get("train"), inputs.get("validation")
 
     # Trainer: batches normalised (or JPEGs decoded, with gpu_decode) on the model's device ---------------------------
     normalizer = BatchNormalizer(pre, settings.channels_last)
@@ -187,17 +202,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     )
 
     # Train, evaluate, test ----------------------------------------------------------------------------------------
-    metrics: dict = {}
-    if training_args.do_train:
-        metrics.update(train(trainer, last_checkpoint))
-    outputs: dict = {}  # split -> (metrics, gathered predictions, metric prefix), for the reports
-    if training_args.do_eval and eval_set is not None:
-        outputs["validation"] = (*evaluate(trainer, eval_set, "eval"), "eval")
-    if test_set is not None and (data_args.test_dir or data_args.test_split or training_args.do_predict):
-        if data.test_has_labels:
-            outputs[TEST_SPLIT] = (*evaluate(trainer, test_set, "test"), "test")
-        else:  # unlabeled: predicted into report/test/predictions_test.csv, scored nothing
-            outputs[TEST_SPLIT] = ({}, trainer.predict(test_set, metric_key_prefix="test"), "test")
+    metrics = train(trainer, last_checkpoint) if training_args.do_train else {}
+    outputs = evaluate_splits(trainer, inputs, data, data_args)
     for split_metrics, _, _ in outputs.values():
         metrics.update(split_metrics)
 

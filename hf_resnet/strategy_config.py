@@ -1,6 +1,6 @@
 """The strategy's argument dataclass: what is frozen and when it unfreezes, each part's learning rate, the
 optimizer and schedule beyond the Trainer's, the loss, class balance, head dropout, EMA and early stopping (applied
-by `strategies.py`, `optim.py`, `losses.py`, `balance.py`, `ema.py`).
+by `training/`: `strategies.py`, `optim.py`, `losses.py`, `balance.py`, `ema.py`).
 
 Every field carries help text; recipes set them, command-line flags override them. `__post_init__` checks each on
 its own, `check_with(training_args)` against the Trainer's arguments, before any data is read.

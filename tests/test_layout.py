@@ -3,6 +3,8 @@
 import ast
 from pathlib import Path
 
+import pytest
+
 import hf_resnet
 
 PACKAGE = Path(hf_resnet.__file__).parent
@@ -57,3 +59,26 @@ def test_public_names_import_lazily():
     for name in hf_resnet.__all__:
         assert getattr(hf_resnet, name) is not None, name
     assert hf_resnet.__version__.count(".") == 2
+
+
+def test_modules_and_functions_stay_small():
+    """Modules of at most 400 lines; a function over 60 lines says why in its docstring ("Kept whole: ...")."""
+    too_long = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if len(text.splitlines()) > 400:
+            too_long.append(f"{path.name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                if "Kept whole:" not in (ast.get_docstring(node) or ""):
+                    too_long.append(f"{path.name}:{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert too_long == []
+
+
+def test_the_top_level_model_card_is_the_packaged_template():
+    """`model_card.md` at the top is what users read; the wheel ships `hf_resnet/templates/model_card.md`. One text:
+    after editing one, copy it over the other."""
+    top = PACKAGE.parent / "model_card.md"
+    if not top.is_file():
+        pytest.skip("an installed wheel has no top-level model_card.md; the repository's checkout does")
+    assert top.read_bytes() == (PACKAGE / "templates" / "model_card.md").read_bytes()

@@ -141,7 +141,7 @@ def _problems_and_warnings(report: dict) -> tuple[list[str], list[str]]:
             problems.append(f"{split}: class(es) with fewer than 2 images: {', '.join(info['small_classes'])}")
         if split != "train" and train is not None:
             missing = sorted(set(info["classes"]) - train)
-            if split == "test" and len(info["classes"]) == 1 and missing:  # e.g. test/unknown/: unlabeled, as data.py
+            if split == "test" and len(info["classes"]) == 1 and missing:  # test/unknown/: unlabeled, as in loading.py
                 missing = []
             info["missing_from_train"] = missing
             if info["missing_from_train"]:

@@ -6,20 +6,22 @@ check its header, and draw the example's random crop and flip (under the same pe
 a resumed run draws the same); the model's device does the rest:
 
     worker: bytes + header -> plan [top, left, height, width, flip, train]   (`DeviceDecode.plan`)
-    device: one batched decode_jpeg(..., device="cuda") -> per image crop + resize (float32, antialiased)
-            -> flip -> normalise -> channels-last batch                 (`DeviceDecoder.__call__`)
+    device: batched decodes of at most MAX_CALL_BYTES of JPEG each (`decode_jpegs`, `call_groups`)
+            -> per image crop + resize (float32, antialiased) -> flip -> normalise
+            -> the batch, channels-last when the model is                      (`DeviceDecoder.__call__`)
 
 Train draws torchvision's RandomResizedCrop (scale, ratio) and the flip; other augmentations (RandAugment, colour
-jitter, rotation, erasing) need the CPU path. Eval repeats the processor's resize + center crop (`transforms`),
-resized in float32 without rounding to uint8 in between: within the bound measured on the GPU and stated in the
-README, not bit-exact (nvJPEG's IDCT differs from libjpeg-turbo's by a level here and there).
+jitter, rotation, erasing) need the CPU path. Eval repeats the processor's resize + center crop (`transforms`) in
+float32, each of its two resize passes rounded to whole levels as the CPU's uint8 resize is (`_resize_in_levels`):
+within the bound measured on the GPU, not bit-exact (nvJPEG's IDCT differs from libjpeg-turbo's by a level here
+and there).
 
 Files the fast path cannot take (PNG, CMYK, EXIF-rotated, no end marker, over the pixel limit) are decoded and
 transformed in the worker as without `gpu_decode` and join the same batch as uint8; a file nvJPEG rejects is
 decoded again on the CPU, and if that fails too it is recorded and skipped like any other bad image, never
-silently. The decoder is the first (TorchCodec's, then torchvision's) that decodes a probe on the model's device
-at start-up (`images.jpeg_decoder_for`); none is a configuration error. On a machine without CUDA the same code
-runs with the CPU decoder (what the tests exercise).
+silently. The decoder is the one `HF_RESNET_JPEG_DECODER` or the best install picks (`images.JPEG_DECODER`) if it
+decodes a probe on the model's device at start-up, else the next that does (`images.jpeg_decoder_for`); none is a
+configuration error. On a machine without CUDA the same code runs with the CPU decoder (what the tests exercise).
 """
 
 from __future__ import annotations

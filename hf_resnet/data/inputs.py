@@ -89,7 +89,7 @@ class ExampleTransform:
         out = {"example_ids": -1 if index is None else int(index)}
         try:
             jpeg = plain_jpeg(value, self.max_pixels) if self.device_decode is not None else None
-            if jpeg is not None:  # decoded on the model's device (`device_decode.DeviceDecoder`)
+            if jpeg is not None:  # decoded on the model's device (`gpu_decode.DeviceDecoder`)
                 data, width, height = jpeg
                 out.update(jpeg=data, plan=self._seeded(index, self.device_decode.plan, width, height),
                            pixel_values=self.blank.clone(), split=getattr(self.recorder, "split", None))

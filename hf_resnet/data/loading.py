@@ -210,6 +210,9 @@ def load_image_data(
 ) -> ImageData:
     """Load, check and split the data named by `args`; a streamed train split is shuffled through a buffer.
 
+    Kept whole: the splits and their known sizes change together at each step (test carved, validation carved,
+    limits), and one reading order keeps the size arithmetic checkable.
+
     Splitting a stream per process is left to accelerate when the Trainer builds its DataLoader (by shard when
     there are enough shards, else by batch), and per DataLoader worker to `datasets` (by shard).
     """

@@ -101,7 +101,7 @@ def _resize(image: torch.Tensor, size, interpolation) -> torch.Tensor:
 
 def eval_geometry(x: torch.Tensor, cfg: PreprocessConfig, resize=_resize) -> torch.Tensor:
     """The processor's resize (short side, or a fixed size) and center crop of a (3, H, W) tensor; `resize(x,
-    (height, width), interpolation)` does the resizing (`device_decode` passes its float32 two-pass one)."""
+    (height, width), interpolation)` does the resizing (`gpu_decode` passes its float32 two-pass one)."""
     if cfg.resize_shortest_edge is not None:
         x = _trim_extreme_aspect(x)
         x = resize(x, _shortest_edge_size(*x.shape[-2:], cfg.resize_shortest_edge), cfg.interpolation)

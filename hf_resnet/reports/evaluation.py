@@ -154,7 +154,8 @@ def write_split_report(output_dir: str | Path, split: str, predictions, label_id
                        skipped: dict[int, str] | None = None, seed: int = 0) -> SplitResult | None:
     """Write `report/<split>/` from the gathered predictions ((n, k) top-k ids and probabilities) and label ids
     (head ids; -100 for images that could not be decoded; None when the split is unlabeled). `metrics` are the
-    Trainer's, keyed `<prefix>_accuracy` etc. Returns what the model card shows of it (None when unlabeled)."""
+    Trainer's, keyed `<prefix>_accuracy` etc. Returns what the model card shows of it (None when unlabeled).
+    Kept whole: one split's files in the order a reader finds them in the folder; each picture is a call."""
     output_dir = Path(output_dir)
     folder = output_dir / REPORT_DIR / split
     shutil.rmtree(folder, ignore_errors=True)

@@ -3,7 +3,7 @@ balance, losses, schedules, EMA), metrics, the callbacks, checkpoints, and the c
 
     modeling.py    checkpoint or config -> model, head mapped onto the data's classes
     strategies.py  freezing plan, parameter groups, head dropout       balance.py  class counts, balanced sampler
-    losses.py      cross-entropy, focal, soft targets (mixup/cutmix)   optim.py    optimizer settings, step schedule
+    losses.py      cross-entropy on soft targets (mixup/cutmix)     optim.py    optimizer settings, step schedule
     ema.py         the weights' moving average                         metrics.py  computed locally, bounded memory
     callbacks.py   every callback a run registers                      checkpoints.py  resume, atomic saves
     distributed.py several processes: each example once an epoch      preflight.py  checks before step one

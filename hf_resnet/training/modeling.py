@@ -234,6 +234,14 @@ def _has_safetensors(name: str) -> bool:
     return any(f.endswith(".safetensors") for f in _local_files(name))
 
 
+def label_remap(kept_rows: list[int] | None, num_classes: int) -> list[int] | None:
+    """Dataset label id -> the label id the head scores it as, for the inputs; None when they are the same ids (a
+    new head for the data's classes, or the checkpoint's head in the data's own order)."""
+    if kept_rows is None or kept_rows == list(range(num_classes)):
+        return None
+    return kept_rows
+
+
 def head_label_map(args: ModelArguments, config, labels: list[str]) -> list[int] | None:
     """Dataset label id -> pretrained head id when the checkpoint's head is kept; None when a new one is built."""
     return None if args.model_name_or_path is None else pretrained_label_map(config, labels)

@@ -1,7 +1,7 @@
 """Checks that need the loaded data and the checkpoint's config, run before any weights are built or trained.
 
 Each failure is a `DataError` that names the field to change; cheaper checks live in `configs.py`
-(`__post_init__`), `data.py` (columns, labels, folders) and `modeling.py` (reaching the checkpoint).
+(`__post_init__`), `data/loading.py` (columns, labels, folders) and `modeling.py` (reaching the checkpoint).
 """
 
 from __future__ import annotations
