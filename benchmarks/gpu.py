@@ -6,7 +6,7 @@ bound. Under 5 minutes on one H200 with 16 cores; nothing downloaded.
 
 On the GPU machine (torch, torchvision, transformers and accelerate present; `datasets` not): install the carried
 wheels first, `pip install --no-index --find-links benchmarks/wheels datasets dill multiprocess pyarrow`
-(`benchmarks/README.md` says how to fetch them for that machine's Python). The images are hard links to the JPEGs
+(`docs/performance.md` says how to fetch them for that machine's Python). The images are hard links to the JPEGs
 under --source (tests/data/photos travels with the repository). `--quick` runs everything at toy sizes (what was
 run on a CPU to check the script).
 """

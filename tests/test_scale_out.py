@@ -20,7 +20,7 @@ PROCESSES = 4
 
 
 def test_multi_node_config_is_what_accelerate_launches():
-    """The README's rank-1 command, through accelerate's own parser and checks, up to the torchrun arguments."""
+    """docs/scaling.md's rank-1 command, through accelerate's parser and checks, up to the torchrun arguments."""
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils import prepare_multi_gpu_env

@@ -1,4 +1,4 @@
-"""The README's offline smoke command: bundled digits + bundled small ResNet reach >= 90% validation accuracy."""
+"""The offline smoke command (README): bundled digits + bundled small ResNet reach >= 90% validation accuracy."""
 
 import json
 
