@@ -136,8 +136,8 @@ def gpu_choices(model_args: ModelArguments, training_args) -> tuple[bool, bool |
 
 def resolve_settings(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
                      training_args: FinetuneTrainingArguments, data) -> RunSettings:
-    """Decide every derived setting once (see the module docstring), apply it, and log the result."""
-    check_arguments(model_args, data_args, strategy_args, training_args)
+    """Decide every derived setting once (see the module docstring), apply it, and log the result
+    (`check_arguments` has run: `run.main` calls it first)."""
     changes = [note] if (note := cap_workers(training_args)) else []
     steps_per_epoch, stream_changes = stream_steps(data, training_args)
     changes += stream_changes
