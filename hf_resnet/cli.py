@@ -79,6 +79,7 @@ EVALUATE_OPTIONS = (  # (flag, metavar, help): the fields people set; any other 
     ("--dataset_config_name", "NAME", "configuration of the Hub dataset"),
     ("--validation_dir", "DIR", "image folder to score, one sub-folder per class (instead of --dataset_name)"),
     ("--test_dir", "DIR", "a second folder to score (class sub-folders) or predict (flat) as the test split"),
+    ("--class_map", "MAP", "each folder's class of the model, by row, synset id or name: '{cat: 281}' or a file"),
     ("--streaming", "true|false", "read the dataset as a stream: nothing downloaded up front (default false)"),
     ("--output_dir", "DIR", "where the report goes (default: ./eval-<model folder or repo name>)"),
     ("--per_device_eval_batch_size", "N", "images per forward pass and device (default 8)"),
@@ -111,10 +112,13 @@ Score MODEL on a labeled split without training and write the full report into -
 report/<split>/ with eval_report.json (metrics, per-class precision/recall/F1, most-confused pairs),
 confusion_matrix.csv/.png, predictions_<split>.csv, predictions_grid.png and gradcam.png.
 
-The dataset's class names must be the model's (its head is kept and labels are mapped by name); any other field
-of `hf-resnet train` is accepted too (e.g. --image_column_name img). Examples:
+The model's head is kept: each of the dataset's classes is matched to one of its classes by name, by synset id
+(ImageNet's n01440764/ folders; Kaggle's flat ILSVRC/Data/CLS-LOC/val is labelled by its LOC_val_solution.csv), or
+by --class_map. Data with some of the model's classes is scored among those (all_classes_* metrics: among all).
+Any other field of `hf-resnet train` is accepted too (e.g. --image_column_name img). Examples:
 
   hf-resnet evaluate outputs/digits-smoke --validation_dir data/val
+  hf-resnet evaluate microsoft/resnet-50 --validation_dir imagenet/ILSVRC/Data/CLS-LOC/val
   hf-resnet evaluate microsoft/resnet-50 --dataset_name ILSVRC/imagenet-1k --streaming true \\
       --per_device_eval_batch_size 256 --dataloader_num_workers 8
 """

@@ -18,6 +18,7 @@ from transformers import TrainingArguments
 from .bundled import bundled_names, check_bundled
 from .constants import BUNDLED_PREFIX, DEFAULT_MAX_PIXELS, is_null
 from .errors import ConfigError
+from .training.alignment import read_class_map
 
 
 @dataclass
@@ -64,6 +65,14 @@ class ModelArguments:
                           "the new head from those rows of the pretrained classifier instead of random weights."},
     )
 
+    class_map: str | None = field(
+        default=None,
+        metadata={"help": "Each dataset class's class of the checkpoint, by row index, synset id or name: a YAML "
+                          "mapping in the recipe ({cat: 281, dog: Chihuahua}), inline YAML/JSON on the command line, "
+                          "or a .yaml/.json file. Starts the new head from those rows, or evaluates the pretrained "
+                          "head on them (`do_train: false`). Classes left out are matched by synset id or name."},
+    )
+
     channels_last: bool | None = field(
         default=None,
         metadata={
@@ -98,6 +107,7 @@ class ModelArguments:
         check_bundled(self.model_name_or_path, "config", "model_name_or_path")
         check_bundled(self.config_name, "config", "config_name")
         check_bundled(self.image_processor_name, "processor", "image_processor_name")
+        self.class_map = read_class_map(self.class_map)  # a mapping, or a ConfigError now
 
 
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment", "autoaugment")

@@ -25,6 +25,7 @@ from .constants import DEFAULT_MAX_PIXELS, label_names
 from .data.images import ImageDecodeError, decode_tensor
 from .data.transforms import BatchNormalizer, PreprocessConfig, build_eval_transform
 from .errors import ModelLoadError
+from .training.alignment import Alignment
 from .training.metrics import topk_stable
 from .training.modeling import build_model, load_config, load_image_processor
 
@@ -69,7 +70,7 @@ class Classifier:
         config = load_config(args)  # a clear error when neither the folder nor the Hub (nor its cache) has it
         processor = load_image_processor(args)
         labels = label_names(config)
-        model = build_model(args, labels, config, label_map=list(range(len(labels))))  # the head is kept
+        model = build_model(args, labels, config, Alignment.whole(len(labels)))  # the head is kept
         try:
             preprocess = PreprocessConfig.from_processor(processor)
         except ValueError as err:

@@ -35,7 +35,7 @@ from .settings import check_arguments, resolve_settings
 from .strategy_config import StrategyArguments
 from .trainer import ImageClassificationTrainer
 from .training.checkpoints import fix_file_modes, resume_checkpoint
-from .training.modeling import build_model, head_label_map, label_remap, load_config, load_image_processor
+from .training.modeling import build_model, head_alignment, label_remap, load_config, load_image_processor
 from .training.preflight import check_run
 from .training.strategies import plan_strategy
 
@@ -170,11 +170,11 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     # Data, opened (a stream reads no image yet), then the run's settings, final from here on -----------------------
     data = load_data(data_args, model_args, training_args)
     settings = resolve_settings(model_args, data_args, strategy_args, training_args, data)
-    kept_rows = head_label_map(model_args, config, data.labels)  # the head's row per class; None: a new head
-    check_run(data, training_args, model_args, keeps_head=kept_rows is not None)
+    alignment = head_alignment(model_args, config, data.labels)  # the head's row per class; None: a new head
+    check_run(data, training_args, model_args, config, alignment)
 
     # Model, and the checkpoint a killed run resumes from ---------------------------------------------------------
-    model = build_model(model_args, data.labels, config, kept_rows)
+    model = build_model(model_args, data.labels, config, alignment, evaluate_only=not training_args.do_train)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     head_labels = label_names(model.config)
@@ -185,7 +185,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
 
     # Inputs: decoded and transformed per example in the DataLoader workers ------------------------------------------
     pre = PreprocessConfig.from_processor(processor)
-    inputs = build_split_inputs(data, pre, data_args, label_remap(kept_rows, len(data.labels)),
+    inputs = build_split_inputs(data, pre, data_args, label_remap(alignment, len(data.labels)),
                                 training_args.output_dir, seed=training_args.seed, world_size=training_args.world_size)
     train_set, eval_set = inputs.get("train"), inputs.get("validation")
 

@@ -22,6 +22,7 @@ streamed data; our model card.
 - `create_model_card`: renders `model_card.md` via `reports.model_card` (also when `push_to_hub` calls it);
 - `evaluation_loop`: while `evaluate_with_predictions` runs, keeps the loop's output (the gathered top-5 ids,
   probabilities and label ids) for the reports; `push_report` uploads an evaluation-only run's report;
+- `prediction_step`: a head cut to some classes to evaluate them (`modeling.SubsetHead`) adds ranks among all;
 - metrics come from `metrics.reduce_logits` + `metrics.ComputeMetrics` (top-5 ids per example, never all logits).
 
 What this relies on inside transformers / accelerate / torch (each has a test in `tests/test_trainer.py` or
@@ -79,6 +80,7 @@ from .training.callbacks import EpochCallback, FileModesCallback, SkippedImagesC
 from .training.distributed import ExampleLog, ProcessBatchSampler
 from .training.ema import EmaTrainerMixin, WeightEma
 from .training.metrics import ComputeMetrics, reduce_logits
+from .training.modeling import subset_head
 from .training.optim import describe_groups, milestone_steps, optimizer_kwargs, step_schedule
 from .training.strategies import Strategy
 
@@ -110,6 +112,7 @@ class ImageClassificationTrainer(EmaTrainerMixin, Trainer):
         self._skip_update = False
         self._keep_predictions, self._kept = False, None
         self._eval_split = "eval"
+        self.subset_head = subset_head(self.model)  # evaluating the pretrained head on some of its classes
 
     def _add_run_callbacks(self, split_sizes: dict | None, max_skipped_share: float | None) -> None:
         """Every callback of a run, registered here (the user's own come through `callbacks=`)."""
@@ -155,9 +158,7 @@ class ImageClassificationTrainer(EmaTrainerMixin, Trainer):
 
     def _batch_files(self) -> list[str]:
         ids = [] if self._example_ids is None else self._example_ids.tolist()
-        if self.describe_examples is None:
-            return [f"index {i}" for i in ids]
-        return self.describe_examples(ids)
+        return [f"index {i}" for i in ids] if self.describe_examples is None else self.describe_examples(ids)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         kwargs = dict(return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
@@ -280,6 +281,12 @@ class ImageClassificationTrainer(EmaTrainerMixin, Trainer):
             return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             self.args.logging_nan_inf_filter, self._eval_nan_filter = self._eval_nan_filter, None
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The Trainer's, plus each example's rank among all classes with a `SubsetHead` (all_classes_* metrics)."""
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        ranks = self.subset_head.take_ranks(labels) if self.subset_head is not None and logits is not None else None
+        return loss, logits if ranks is None else (logits, ranks), labels
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         self._eval_split = metric_key_prefix  # for the example log

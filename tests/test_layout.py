@@ -12,7 +12,8 @@ PACKAGE = Path(hf_resnet.__file__).parent
 # Bottom to top; a module may import from any earlier layer, never from its own or a later one.
 LAYERS = [
     ["constants", "errors"],
-    ["bundled", "data.folders", "data.images", "hub"],
+    ["bundled", "data.imagenet", "data.images", "hub"],
+    ["training.alignment", "data.folders"],
     ["configs", "strategy_config"],
     ["settings", "data.loading", "data.transforms", "data.skips", "training.metrics", "training.checkpoints",
      "training.losses", "training.optim"],

@@ -7,15 +7,27 @@ from safetensors.torch import load_file
 from transformers import ResNetConfig
 
 from hf_resnet.configs import ModelArguments
-from hf_resnet.errors import ModelLoadError
-from hf_resnet.training.modeling import build_model, checkpoint_rows, head_label_map, load_config, pretrained_label_map
+from hf_resnet.errors import ConfigError, ModelLoadError
+from hf_resnet.training.alignment import align_classes
+from hf_resnet.training.modeling import build_model, head_alignment, label_remap, load_config
 
 
 def build(args: ModelArguments, labels: list[str]):
-    """-> (model, label_map) as the run builds them."""
+    """-> (model, the labels' remap onto a kept head) as the run builds them."""
     config = load_config(args)
-    label_map = head_label_map(args, config, labels)
-    return build_model(args, labels, config, label_map), label_map
+    alignment = head_alignment(args, config, labels)
+    return build_model(args, labels, config, alignment), label_remap(alignment, len(labels))
+
+
+def full_rows(config, labels):
+    """The head's row per class when the classes are all of the checkpoint's, else None."""
+    alignment = align_classes(config, labels)
+    return alignment.rows if alignment is not None and alignment.full else None
+
+
+def rows(config, labels):
+    alignment = align_classes(config, labels)
+    return None if alignment is None else alignment.rows
 
 
 def test_unreachable_hub_id_names_both_ways_on():
@@ -52,14 +64,14 @@ def test_other_classes_get_a_new_head_and_keep_the_backbone(tmp_path):
             assert torch.equal(tensor, saved[name]), name
 
 
-def test_pretrained_label_map_needs_the_same_names():
+def test_the_whole_head_is_kept_only_for_the_same_names():
     config = ResNetConfig(num_labels=3, id2label={0: "Tench, Tinca tinca", 1: "goldfish", 2: "great_white_shark"})
-    assert pretrained_label_map(config, ["goldfish", "great white shark", "tench, tinca tinca"]) == [1, 2, 0]
-    assert pretrained_label_map(config, ["goldfish", "tench"]) is None
+    assert full_rows(config, ["goldfish", "great white shark", "tench, tinca tinca"]) == [1, 2, 0]
+    assert full_rows(config, ["goldfish", "tench"]) is None  # some of its classes: not the whole head
     twice = ResNetConfig(num_labels=3, id2label={0: "crane", 1: "goldfish", 2: "crane"})  # as ImageNet-1k has
-    assert pretrained_label_map(twice, ["crane", "goldfish", "crane"]) == [0, 1, 2]
-    assert pretrained_label_map(twice, ["goldfish", "crane", "crane"]) is None  # ambiguous: which crane is which
-    assert pretrained_label_map(config, ["goldfish", "shark", "tench, tinca tinca"]) is None
+    assert full_rows(twice, ["crane", "goldfish", "crane"]) == [0, 1, 2]  # by position
+    assert full_rows(twice, ["goldfish", "crane", "crane"]) is None  # ambiguous: which crane is which
+    assert full_rows(config, ["goldfish", "shark", "tench, tinca tinca"]) is None
 
 
 
@@ -134,7 +146,18 @@ def test_classes_that_are_some_of_the_checkpoints_start_from_its_rows(tmp_path):
 def test_checkpoint_rows_by_name_or_synonym_and_never_ambiguous():
     config = ResNetConfig(num_labels=4, id2label={0: "tench, Tinca tinca", 1: "crane", 2: "tabby, tabby cat",
                                                    3: "crane"})
-    assert checkpoint_rows(config, ["tabby_cat", "Tench"]) == [2, 0]  # a synonym, any case, _ for space
-    assert checkpoint_rows(config, ["tabby", "crane"]) is None  # which crane?
-    assert checkpoint_rows(config, ["tabby", "lion"]) is None
-    assert checkpoint_rows(config, ["tabby", "tabby cat"]) is None  # two classes on one row
+    assert rows(config, ["tabby_cat", "Tench"]) == [2, 0]  # a synonym, any case, _ for space
+    assert rows(config, ["tabby", "crane"]) is None  # which crane?
+    assert rows(config, ["tabby", "lion"]) is None
+    assert rows(config, ["tabby", "tabby cat"]) is None  # two classes on one row
+
+
+def test_a_class_map_starts_the_new_head_from_the_rows_it_names(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "ckpt", ["tench, Tinca tinca", "crane", "goldfish", "crane"])
+    args = ModelArguments(model_name_or_path=str(ckpt), class_map="{bird: 1, machine: 3}")
+    model, remap = build(args, ["bird", "goldfish", "machine"])  # goldfish: by name, as without a map
+    saved = load_file(str(ckpt / "model.safetensors"))
+    assert remap is None and model.config.id2label == {0: "bird", 1: "goldfish", 2: "machine"}
+    assert torch.equal(model.classifier[1].weight, saved["classifier.1.weight"][[1, 2, 3]])
+    with pytest.raises(ConfigError, match="'crane' names 2 checkpoint classes: 1 .*; 3 "):
+        build(ModelArguments(model_name_or_path=str(ckpt), class_map={"bird": "crane"}), ["bird", "goldfish"])

@@ -5,4 +5,5 @@ attach them to the splits lazily, record the images that cannot be read, and aud
     images.py      decode one file (or its bytes), bad-image reasons           transforms.py  train / eval pipelines
     inputs.py      each split's per-example transform, label remap             skips.py    unreadable images, listed
     gpu_decode.py  JPEGs decoded in batches on the GPU (nvJPEG)                audit.py    `hf-resnet audit`
+    imagenet.py    ILSVRC-2012 synset ids, Kaggle's CSV-labelled flat val
 """

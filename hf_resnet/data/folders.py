@@ -23,6 +23,7 @@ from datasets import Image as ImageFeature
 
 from ..constants import IMAGE_EXTENSIONS
 from ..errors import DataError
+from .imagenet import kaggle_labels
 
 MAX_STREAM_SHARDS = 1024  # a streamed folder is read in this many shards at most (split over workers, processes)
 
@@ -85,7 +86,9 @@ class FolderSplit:
 def read_folder(path: str, name: str, labeled: bool = True) -> FolderSplit:
     """Read `name` (`train_dir`, `validation_dir`, `test_dir`) as ImageFolder does. A labeled split must have
     every image inside a class folder; a training split needs at least 2 classes. A test folder is labeled when
-    every image is inside a class folder, else all of it is unlabeled."""
+    every image is inside a class folder, else all of it is unlabeled. A flat folder of Kaggle's ILSVRC layout
+    (`.../CLS-LOC/val/*.JPEG` with `LOC_val_solution.csv` above it) is labeled by that CSV, each image by its
+    synset."""
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"`{name}` {path!r} is not a folder; point it at a folder with one sub-folder per class.")
@@ -97,6 +100,9 @@ def read_folder(path: str, name: str, labeled: bool = True) -> FolderSplit:
         )
     parts = [f.relative_to(folder).parts for f in files]
     loose = [f for f, p in zip(files, parts) if len(p) == 1]
+    if len(loose) == len(files) and (by_csv := kaggle_labels(folder, files)) is not None:
+        labels, note = by_csv
+        return FolderSplit(files, labels, sorted(set(labels)), [note])
     if labeled and loose:
         raise DataError(
             f"`{name}` {path!r} has {len(loose)} image(s) outside any class sub-folder (e.g. "

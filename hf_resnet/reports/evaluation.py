@@ -29,6 +29,7 @@ from ..constants import IGNORE_INDEX, REPORT_DIR
 from ..data.inputs import file_names, iter_file_names
 from ..inference import Classifier
 from ..training.metrics import confusion_counts
+from ..training.modeling import subset_head
 from .confusion import classes_to_show, most_confused, per_class_rows, write_confusion_csv
 from .gradcam import grad_cam
 from .model_card import SplitResult
@@ -149,6 +150,15 @@ def _pictures(folder: Path, split: str, examples: list[dict], classifier: Classi
 # The split's report ----------------------------------------------------------------------------------------------
 
 
+def _scope(classifier: Classifier, num_classes: int) -> str:
+    """What the top-k of this report ranks among: the head's classes, or some rows of the checkpoint's."""
+    head = subset_head(classifier.model)
+    if head is None:
+        return f"the model's {num_classes} classes"
+    return (f"the data's {num_classes} classes, rows {head.rows.tolist()[:20]}{' ...' if num_classes > 20 else ''} "
+            f"of the checkpoint's {head.full.out_features}-class head (all_classes_* metrics: among all of them)")
+
+
 def write_split_report(output_dir: str | Path, split: str, predictions, label_ids: np.ndarray | None,
                        metrics: dict, prefix: str, labels: list[str], dataset, classifier: Classifier,
                        skipped: dict[int, str] | None = None, seed: int = 0) -> SplitResult | None:
@@ -161,7 +171,7 @@ def write_split_report(output_dir: str | Path, split: str, predictions, label_id
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     skipped = skipped or {}
-    ids, probs = (np.asarray(p) for p in predictions)
+    ids, probs = np.asarray(predictions[0]), np.asarray(predictions[1])  # a third: ranks among all classes
     true_ids = None if label_ids is None else np.asarray(label_ids).astype(np.int64).ravel()
     files: dict[str, str] = {}
 
@@ -197,6 +207,7 @@ def write_split_report(output_dir: str | Path, split: str, predictions, label_id
             "images": rows,
             "scored": int(counts.sum()),
             "skipped": int((true_ids == IGNORE_INDEX).sum()),
+            "scored_among": _scope(classifier, len(labels)),
             "rows_identified_by": "file" if names is not None else
             "position in the evaluated stream (streamed data does not carry file names)",
             "per_class": result.per_class,

@@ -27,10 +27,26 @@ def topk_stable(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def reduce_logits(logits, labels=None):
-    """`preprocess_logits_for_metrics`: (batch, classes) logits -> ((batch, k) ids, (batch, k) probabilities)."""
+    """`preprocess_logits_for_metrics`: (batch, classes) logits -> ((batch, k) ids, (batch, k) probabilities);
+    plus (batch,) ranks among all the checkpoint's classes when the trainer appended them (a `SubsetHead`)."""
+    ranks = None
     if isinstance(logits, (tuple, list)):
+        ranks = next((t for t in logits[1:] if isinstance(t, torch.Tensor) and t.ndim == 1
+                      and not t.is_floating_point()), None)
         logits = logits[0]
-    return topk_stable(logits, TOP_K)
+    ids, probs = topk_stable(logits, TOP_K)
+    return (ids, probs) if ranks is None else (ids, probs, ranks)
+
+
+def all_class_metrics(ranks, labels) -> dict[str, float]:
+    """From each example's rank among all the checkpoint's classes (0: top-1): the top-1 and top-5 accuracy
+    among all of them, next to the figures among the data's classes only."""
+    ranks, labels = np.asarray(ranks).ravel(), np.asarray(labels).ravel()
+    ranks = ranks[labels != IGNORE_INDEX]
+    if len(ranks) == 0:
+        return {"all_classes_accuracy": float("nan"), "all_classes_top5_accuracy": float("nan")}
+    return {"all_classes_accuracy": float((ranks == 0).mean()),
+            "all_classes_top5_accuracy": float((ranks < TOP_K).mean())}
 
 
 def confusion_counts(labels, predictions, num_classes: int) -> np.ndarray:
@@ -106,4 +122,7 @@ class ComputeMetrics:
     def __call__(self, eval_pred) -> dict[str, float]:
         predictions = eval_pred.predictions
         topk_ids = predictions[0] if isinstance(predictions, (tuple, list)) else predictions
-        return classification_metrics(topk_ids, eval_pred.label_ids, self.num_classes)
+        metrics = classification_metrics(topk_ids, eval_pred.label_ids, self.num_classes)
+        if isinstance(predictions, (tuple, list)) and len(predictions) == 3:
+            metrics.update(all_class_metrics(predictions[2], eval_pred.label_ids))
+        return metrics

@@ -1,9 +1,10 @@
 """Load the checkpoint's config, image processor and model; keep or replace its head.
 
-Head: when the dataset's class names are the checkpoint's (ImageNet-1k with microsoft/resnet-50) the pretrained
-head is kept and labels are mapped by name (`pretrained_label_map`); when they are some of the checkpoint's (10
-ImageNet classes), the new head starts from those rows of the pretrained classifier (`checkpoint_rows`);
-otherwise a new, random head of the right size replaces it. What is frozen and how each part learns is
+Head: `alignment.py` finds the checkpoint's row for each dataset class (by position, class_map, synset id or
+name). When they are all of its classes (ImageNet-1k with microsoft/resnet-50) the pretrained head is kept and
+labels are mapped to its rows; when they are some of them (10 ImageNet classes), the new head starts from those
+rows of the pretrained classifier, or, evaluating only, the head is cut to those rows (`SubsetHead`); otherwise
+a new, random head of the right size replaces it. What is frozen and how each part learns is
 `strategies.py`'s business.
 """
 
@@ -19,9 +20,9 @@ from transformers.utils import logging as transformers_logging
 
 from ..bundled import bundled_names, resolve_asset
 from ..configs import ModelArguments
-from ..constants import label_names
-from ..errors import ModelLoadError, first_line
+from ..errors import ConfigError, ModelLoadError, first_line
 from ..hub import is_offline
+from .alignment import Alignment, align_classes, row_names
 
 logger = logging.getLogger(__name__)
 
@@ -95,78 +96,92 @@ def load_image_processor(args: ModelArguments):
         raise _load_error(name, "image processor (preprocessor_config.json)", err) from err
 
 
-def _normalise(name: str) -> str:
-    return " ".join(str(name).lower().replace("_", " ").split())
+def _head_linear(model) -> tuple[str, nn.Linear]:
+    """The classifier's last linear layer, by name."""
+    return [(n, m) for n, m in model.named_modules() if n and is_head(n) and isinstance(m, nn.Linear)][-1]
 
 
-def pretrained_label_map(config, labels: list[str]) -> list[int] | None:
-    """Dataset label id -> checkpoint label id when both name the same classes; None when they do not."""
-    names = label_names(config, missing_as_index=False)
-    if len(names) != len(labels) or any(n is None for n in names):
-        return None
-    if [_normalise(n) for n in names] == [_normalise(label) for label in labels]:
-        return list(range(len(labels)))  # same order; ImageNet-1k names "crane" twice, so order is checked first
-    index = {_normalise(n): i for i, n in enumerate(names)}
-    if len(index) != len(names) or any(_normalise(label) not in index for label in labels):
-        return None
-    return [index[_normalise(label)] for label in labels]
+class SubsetHead(nn.Module):
+    """A classifier cut to some of its rows for evaluation only: its logits are those rows' (top-k among them),
+    and in eval mode it keeps, per batch, each example's rank among ALL the checkpoint's rows for the trainer's
+    all-class figures (`take_ranks`). The full layer is kept as it is."""
 
+    def __init__(self, linear: nn.Linear, rows: list[int]):
+        super().__init__()
+        self.full = linear
+        self.register_buffer("rows", torch.tensor(rows, dtype=torch.long), persistent=False)
+        self._logits: torch.Tensor | None = None
 
-def checkpoint_rows(config, labels: list[str]) -> list[int] | None:
-    """The checkpoint's head row for each dataset class, when the classes are fewer than the checkpoint's and
-    each names exactly one of them: by its whole name or one of its comma-separated synonyms (ImageNet's
-    "tabby, tabby cat"), case, spaces and underscores aside. None otherwise (ImageNet names "crane" twice)."""
-    names = label_names(config, missing_as_index=False)
-    if len(labels) >= len(names) or any(n is None for n in names):
-        return None
-    index: dict[str, set[int]] = {}
-    for i, name in enumerate(names):
-        for key in {_normalise(name), *(_normalise(part) for part in str(name).split(","))}:
-            index.setdefault(key, set()).add(i)
-    rows = []
-    for label in labels:
-        found = index.get(_normalise(label), set())
-        if len(found) != 1:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.full(x)
+        self._logits = None if self.training else logits.detach()
+        return logits[:, self.rows]
+
+    def take_ranks(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """Per example of the last batch: how many of all rows score above its true class's row (0: top-1 among
+        all); -1 where the label is ignored. None when no eval batch ran since."""
+        logits, self._logits = self._logits, None
+        if logits is None or labels is None:
             return None
-        rows.append(next(iter(found)))
-    return rows if len(set(rows)) == len(rows) else None
+        labels = labels.to(logits.device)
+        scored = labels >= 0
+        true_rows = self.rows[labels.clamp(min=0)]
+        true_logit = logits.gather(1, true_rows[:, None])
+        ranks = (logits > true_logit).sum(dim=1)
+        return torch.where(scored, ranks, torch.full_like(ranks, -1))
 
 
-def _head_from_rows(model, rows: list[int], labels: list[str]) -> None:
-    """Replace the classifier's last linear layer by one with only `rows` (weights and biases copied)."""
-    name, linear = [(n, m) for n, m in model.named_modules() if n and is_head(n) and isinstance(m, nn.Linear)][-1]
-    head = nn.Linear(linear.in_features, len(rows), bias=linear.bias is not None)
-    with torch.no_grad():
-        head.weight.copy_(linear.weight[rows])
-        if linear.bias is not None:
-            head.bias.copy_(linear.bias[rows])
+def subset_head(model) -> SubsetHead | None:
+    return next((m for m in model.modules() if isinstance(m, SubsetHead)), None)
+
+
+def _head_from_rows(model, rows: list[int], labels: list[str], evaluate_only: bool = False) -> None:
+    """Replace the classifier's last linear layer by one with only `rows` (weights and biases copied), or, to
+    evaluate only, by a `SubsetHead` over the layer as it is."""
+    name, linear = _head_linear(model)
+    if evaluate_only:
+        head = SubsetHead(linear, rows)
+    else:
+        head = nn.Linear(linear.in_features, len(rows), bias=linear.bias is not None)
+        with torch.no_grad():
+            head.weight.copy_(linear.weight[rows])
+            if linear.bias is not None:
+                head.bias.copy_(linear.bias[rows])
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, head)
     _set_labels(model.config, labels)
     model.num_labels = len(labels)
 
 
-def build_model(args: ModelArguments, labels: list[str], config, label_map: list[int] | None):
-    """The model to fine-tune on `labels`, from `config` (already loaded by `load_config`).
+def build_model(args: ModelArguments, labels: list[str], config, alignment: Alignment | None,
+                evaluate_only: bool = False):
+    """The model to fine-tune (or, with `evaluate_only`, to score) on `labels`, from `config` (already loaded by
+    `load_config`).
 
-    `label_map` (from `pretrained_label_map`, None when the names differ) says whether the pretrained head is
-    kept; else the new head starts from the checkpoint's rows of the same classes when there are such rows
-    (`head_from_checkpoint_rows`); a model built from `config_name` always starts random with a head of
-    len(labels).
+    `alignment` (`alignment.align_classes`; None when the classes are not the checkpoint's) decides the head: all
+    of its rows, the pretrained head kept; some of them, a head cut to those rows (to train: a new layer started
+    from them, with `head_from_checkpoint_rows` or a `class_map`; to evaluate only: a `SubsetHead`, named as the
+    checkpoint names those classes); none, a new random head. A model built from `config_name` always starts
+    random with a head of len(labels).
     """
     if args.model_name_or_path is None:
         _set_labels(config, labels)
         logger.info("Building a randomly initialised %s from %s", config.model_type, args.config_name)
         return AutoModelForImageClassification.from_config(config)
-    if label_map is not None:
-        logger.info("Dataset classes are the checkpoint's %d classes: keeping the pretrained head.", len(labels))
+    if alignment is not None and alignment.full:
+        logger.info("Keeping the pretrained head: %s.", alignment.describe())
         return _from_pretrained(args, config)
-    rows = checkpoint_rows(config, labels) if args.head_from_checkpoint_rows else None
-    if rows is not None:
+    if alignment is not None and (evaluate_only or args.head_from_checkpoint_rows or args.class_map):
+        names = row_names(config, alignment.rows)
         model = _from_pretrained(args, config)  # with its own head, cut down to the data's classes below
-        _head_from_rows(model, rows, labels)
-        logger.info("New %d-class head for %s from rows %s of the pretrained classifier.", len(labels),
-                    _short(labels), _short(rows))
+        _head_from_rows(model, alignment.rows, names if evaluate_only else labels, evaluate_only)
+        if evaluate_only:
+            logger.info("Evaluating the pretrained head on %s: top-k among those %d rows (%s); all_classes_* "
+                        "metrics rank among all %d.", alignment.describe(), len(labels), _short(alignment.rows),
+                        alignment.head_size)
+        else:
+            logger.info("New %d-class head for %s from rows %s of the pretrained classifier (%s).", len(labels),
+                        _short(labels), _short(alignment.rows), alignment.describe())
         return model
     pretrained = config.num_labels
     _set_labels(config, labels)
@@ -234,14 +249,20 @@ def _has_safetensors(name: str) -> bool:
     return any(f.endswith(".safetensors") for f in _local_files(name))
 
 
-def label_remap(kept_rows: list[int] | None, num_classes: int) -> list[int] | None:
+def label_remap(alignment: Alignment | None, num_classes: int) -> list[int] | None:
     """Dataset label id -> the label id the head scores it as, for the inputs; None when they are the same ids (a
-    new head for the data's classes, or the checkpoint's head in the data's own order)."""
-    if kept_rows is None or kept_rows == list(range(num_classes)):
+    new or cut head for the data's classes, or the checkpoint's whole head in the data's own order)."""
+    if alignment is None or not alignment.full or alignment.rows == list(range(num_classes)):
         return None
-    return kept_rows
+    return alignment.rows
 
 
-def head_label_map(args: ModelArguments, config, labels: list[str]) -> list[int] | None:
-    """Dataset label id -> pretrained head id when the checkpoint's head is kept; None when a new one is built."""
-    return None if args.model_name_or_path is None else pretrained_label_map(config, labels)
+def head_alignment(args: ModelArguments, config, labels: list[str]) -> Alignment | None:
+    """The checkpoint's row for each dataset class (`alignment.align_classes`); None for a model built from a
+    config, or classes the checkpoint does not have."""
+    if args.model_name_or_path is None:
+        if args.class_map:
+            raise ConfigError("class_map maps the data's classes onto a checkpoint's head, but the model is built "
+                              "from `config_name` (random); set `model_name_or_path` or drop class_map.")
+        return None
+    return align_classes(config, labels, args.class_map)

@@ -16,6 +16,7 @@ from datasets import Dataset
 
 from ..data.loading import ImageData
 from ..errors import ConfigError, DataError
+from .alignment import align_classes
 
 MIN_FREE_BYTES = 2 * 2**30  # room for a few ResNet-50 checkpoints (~300 MB each with optimizer state)
 
@@ -51,9 +52,9 @@ def check_label_values(dataset, label_column: str, num_labels: int, split: str) 
         )
 
 
-def check_run(data: ImageData, training_args, model_args, keeps_head: bool) -> None:
-    """Everything that can be known wrong before weights are built; `keeps_head`: the checkpoint's head is kept
-    (its classes are the data's)."""
+def check_run(data: ImageData, training_args, model_args, config, alignment) -> None:
+    """Everything that can be known wrong before weights are built; `alignment`: the checkpoint's row of each
+    dataset class (`alignment.align_classes`), None when some class has none."""
     if training_args.should_save:
         min_free = float(os.environ.get("HF_RESNET_MIN_FREE_GB", MIN_FREE_BYTES / 2**30)) * 2**30
         check_output_dir(training_args.output_dir, int(min_free))
@@ -75,9 +76,16 @@ def check_run(data: ImageData, training_args, model_args, keeps_head: bool) -> N
                 "`per_device_train_batch_size`."
             )
     evaluating_only = not training_args.do_train and model_args.model_name_or_path is not None
-    if evaluating_only and not keeps_head:
-        raise DataError(
-            f"Evaluation only (`do_train: false`), but the dataset's classes are not "
-            f"{model_args.model_name_or_path}'s, so its head would be replaced by a random one. Set `do_train: true` "
-            "to fine-tune, or evaluate on data whose class names match the checkpoint's `id2label`."
-        )
+    if evaluating_only and alignment is None:
+        raise DataError(_not_the_checkpoints_classes(data.labels, config, model_args.model_name_or_path))
+
+
+def _not_the_checkpoints_classes(labels: list[str], config, model: str) -> str:
+    """Which of the data's classes the checkpoint does not have, and the ways on."""
+    unmatched = [label for label in labels if align_classes(config, [label]) is None]
+    which = f"{len(unmatched)} of the data's {len(labels)} classes match no single class of {model} " \
+        f"({', '.join(map(repr, unmatched[:5]))}{' ...' if len(unmatched) > 5 else ''})" if unmatched else \
+        f"two of the data's classes match one class of {model}"
+    return (f"Evaluation only (`do_train: false`), but {which}, so its head cannot score them. Map them with "
+            "`class_map` ({folder: row index, synset id or name}), name the folders by synset id (n01440764) or "
+            "as the checkpoint's `id2label` does, or set `do_train: true` to fine-tune a new head.")
