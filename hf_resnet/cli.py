@@ -339,6 +339,7 @@ def train(argv: list[str] | None = None) -> int:
     and exit code 2, not a traceback. `--help` answers before the training code is imported."""
     from .errors import HfResnetError
     from .parser import parse_args
+    from .training.preemption import Preempted
 
     try:
         arguments = parse_args(argv)  # `--help` answers here, before anything heavy is imported
@@ -350,6 +351,10 @@ def train(argv: list[str] | None = None) -> int:
     except HfResnetError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Preempted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        _end_distributed()
+        raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
         _interrupted(arguments[-1].output_dir if "arguments" in locals() else None)
         raise SystemExit(130) from None

@@ -19,6 +19,7 @@ from .bundled import bundled_names, check_bundled
 from .constants import BUNDLED_PREFIX, DEFAULT_MAX_PIXELS, is_null
 from .errors import ConfigError
 from .training.alignment import read_class_map
+from .training.preemption import parse_stop_signals
 
 
 @dataclass
@@ -340,8 +341,22 @@ class FinetuneTrainingArguments(TrainingArguments):
         metadata={"help": "Write the example ids of every batch each process trains on or evaluates to "
                           "output_dir/example_ids/rank-<N>.jsonl, to check that each example is read once per epoch."},
     )
+    stop_signals: str = field(
+        default="SIGTERM,SIGUSR1",
+        metadata={"help": "Signals (a scheduler's preemption notice) on which training finishes its step, saves a "
+                          "complete checkpoint and exits to be resumed; `none` to leave them to their defaults."},
+    )
+    requeue_exit_code: int = field(
+        default=143, metadata={"help": "Exit code after such a stop (143 = 128 + SIGTERM; 0 for schedulers that "
+                                       "requeue only jobs that succeeded)."},
+    )
     do_train: bool = field(default=True, metadata={"help": "Fine-tune on the train split."})
     do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})
+
+    def __getstate__(self):
+        """Pickled (training_args.bin, in output_dir and every checkpoint) without any token: the push and the
+        run use the one in memory."""
+        return {key: None if key.endswith("_token") else value for key, value in self.__dict__.items()}
 
     def __post_init__(self):
         # `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs starts N gloo processes, but
@@ -356,6 +371,7 @@ class FinetuneTrainingArguments(TrainingArguments):
                 "`dataloader_persistent_workers: true` would keep each worker's first-epoch augmentation seed; "
                 "leave it false (workers restart each epoch)."
             )
+        parse_stop_signals(self.stop_signals)  # a misspelt signal fails now, not at the first preemption
         if self.on_nonfinite_loss not in ("stop", "skip"):
             raise ConfigError(f"`on_nonfinite_loss` must be 'stop' or 'skip', got {self.on_nonfinite_loss!r}.")
         if self.dataloader_pin_memory and torch.cuda.is_available() and not self.use_cpu:

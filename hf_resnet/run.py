@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 
 import datasets
@@ -34,8 +35,9 @@ from .reports.model_card import CardInfo, base_model_license, dataset_title, run
 from .settings import check_arguments, resolve_settings
 from .strategy_config import StrategyArguments
 from .trainer import ImageClassificationTrainer
-from .training.checkpoints import fix_file_modes, resume_checkpoint
+from .training.checkpoints import fix_file_modes, is_complete, resume_checkpoint
 from .training.modeling import build_model, head_alignment, label_remap, load_config, load_image_processor
+from .training.preemption import Preempted
 from .training.preflight import check_run
 from .training.strategies import plan_strategy
 
@@ -104,6 +106,12 @@ def card_info(data: ImageData, model_args, data_args, strategy_args, training_ar
 def train(trainer: ImageClassificationTrainer, last_checkpoint: str | None) -> dict:
     """Train (or continue), then save what `pipeline()` loads: model, config with class names, processor."""
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    stopped_at = trainer.stop_on_signal.stopped_at
+    if stopped_at is not None:  # a stop signal: checkpoint-N is written; the rerun resumes from it
+        trainer.accelerator.wait_for_everyone()
+        checkpoint = os.path.join(trainer.args.output_dir, f"checkpoint-{stopped_at}")
+        raise Preempted(trainer.stop_on_signal.received or "a stop signal on another process", stopped_at,
+                        checkpoint if is_complete(checkpoint) else None, trainer.args.requeue_exit_code)
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)

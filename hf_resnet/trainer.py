@@ -9,7 +9,8 @@ streamed data; our model card.
   (`callbacks.UnfreezeCallback`, which reads them when training starts);
 - `compute_loss`: the training loss is `losses.TrainingLoss` when label smoothing, class weights, mixup or CutMix
   is on; a batch whose images all failed to decode adds nothing; a NaN/inf loss stops the run with the step and
-  the batch's files (`on_nonfinite_loss: stop`) or adds nothing (`skip`), before any weight sees it;
+  the batch's files (`on_nonfinite_loss: stop`) or adds nothing (`skip`), before any weight sees it; a stop
+  signal on any process (`preemption.StopOnSignal`) is summed with those flags, so all stop after one step;
 - `train` / `evaluate` / `predict` / `save_model`: with `ema_decay`, the average of the weights is what is
   evaluated and saved (`ema.EmaTrainerMixin`, one of the bases); `evaluate` / `predict` also name the split
   being evaluated for the example log;
@@ -61,13 +62,11 @@ What this relies on inside transformers / accelerate / torch (each has a test in
 
 from __future__ import annotations
 
-import functools
 import logging
-from contextlib import contextmanager
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer
-from transformers.trainer_utils import EvalLoopOutput, has_length, seed_worker
+from transformers.trainer_utils import EvalLoopOutput, has_length
 from transformers.utils.hub import hf_api
 
 from .constants import IGNORE_INDEX, REPORT_DIR
@@ -77,17 +76,18 @@ from .data.transforms import BatchNormalizer
 from .errors import ConfigError, NonFiniteLossError
 from .reports.model_card import CardInfo, write_model_card
 from .training.callbacks import EpochCallback, FileModesCallback, SkippedImagesCallback, UnfreezeCallback
-from .training.distributed import ExampleLog, ProcessBatchSampler
+from .training.distributed import ExampleLog, ProcessDataMixin
 from .training.ema import EmaTrainerMixin, WeightEma
 from .training.metrics import ComputeMetrics, reduce_logits
 from .training.modeling import subset_head
 from .training.optim import describe_groups, milestone_steps, optimizer_kwargs, step_schedule
+from .training.preemption import StopOnSignal, parse_stop_signals
 from .training.strategies import Strategy
 
 logger = logging.getLogger(__name__)
 
 
-class ImageClassificationTrainer(EmaTrainerMixin, Trainer):
+class ImageClassificationTrainer(EmaTrainerMixin, ProcessDataMixin, Trainer):
     def __init__(self, *args, strategy: Strategy | None = None, describe_examples=None,
                  normalizer: BatchNormalizer | None = None, device_decoder: DeviceDecoder | None = None,
                  split_sizes: dict | None = None, max_skipped_share: float | None = None, **kwargs):
@@ -132,6 +132,8 @@ class ImageClassificationTrainer(EmaTrainerMixin, Trainer):
         if max_skipped_share is not None:
             self.add_callback(SkippedImagesCallback(self.args.output_dir, split_sizes or {}, max_skipped_share))
         self.add_callback(FileModesCallback())
+        self.stop_on_signal = StopOnSignal(parse_stop_signals(self.args.stop_signals))
+        self.add_callback(self.stop_on_signal)
 
     def _prepare_inputs(self, inputs):
         inputs = dict(inputs)
@@ -175,10 +177,12 @@ class ImageClassificationTrainer(EmaTrainerMixin, Trainer):
         # One host sync per step: both flags are computed on the device and read together.
         all_skipped = (labels == IGNORE_INDEX).all() if labels is not None else torch.zeros((), dtype=torch.bool,
                                                                                              device=loss.device)
-        flags = (~all_skipped & ~torch.isfinite(loss.detach()).all()).float().reshape(1)
-        if self.args.world_size > 1:  # every process takes the same decision, so none waits on another
+        flags = torch.stack([(~all_skipped & ~torch.isfinite(loss.detach()).all()).float(),
+                             torch.tensor(float(self.stop_on_signal.requested), device=loss.device)])
+        if self.args.world_size > 1:  # every process takes the same decisions, so none waits on another
             flags = self.accelerator.reduce(flags, reduction="sum")
-        bad, all_skipped = torch.stack([flags[0], all_skipped.float().to(flags.device)]).tolist()
+        bad, stop, all_skipped = torch.cat([flags, all_skipped.float().to(flags.device).reshape(1)]).tolist()
+        self.stop_on_signal.agreed |= stop > 0  # some process got a stop signal: all stop after this step
         all_skipped = bool(all_skipped)
         if bad == 0:
             if all_skipped:  # the loss of an all-ignored batch is 0/0; it adds nothing instead
@@ -295,60 +299,6 @@ class ImageClassificationTrainer(EmaTrainerMixin, Trainer):
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
         self._eval_split = metric_key_prefix
         return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-
-    # Streamed data under several processes ----------------------------------------------------------------------
-
-    @contextmanager
-    def _dispatch(self, value: bool):
-        config = self.accelerator.dataloader_config
-        previous = config.dispatch_batches
-        config.dispatch_batches = value
-        try:
-            yield
-        finally:
-            config.dispatch_batches = previous
-
-    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
-                        dataloader_key=None):
-        args = (dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        world = self.args.world_size
-        if isinstance(dataset, torch.utils.data.IterableDataset) and world > 1:
-            # A training stream of fewer shards than processes would be read whole by every process, its last
-            # batch filled with copies of the first (accelerate's `IterableDatasetShard`): dispatch it instead.
-            few_shards = is_training and getattr(dataset, "n_shards", world) < world
-            if few_shards:
-                logger.info("The training stream has %d shard(s) for %d processes: the main process reads it and "
-                            "sends each process its part of every batch", dataset.n_shards, world)
-            with self._dispatch(not is_training or few_shards):
-                return super()._get_dataloader(*args)
-        if is_training and self.args.world_size > 1:
-            return self._process_train_dataloader(dataset, batch_size)
-        return super()._get_dataloader(*args)
-
-    def _process_train_dataloader(self, dataset, batch_size: int):
-        """Map-style training under several processes: each process reads its own batches of the epoch's order
-        (`distributed.ProcessBatchSampler`: every example once, no copies trained twice). accelerate's wrapper
-        (`BatchSamplerShard`) is made a pass-through, as the Trainer does for its own rank-aware sampler (12)."""
-        args = self.args
-        sampler = ProcessBatchSampler(len(dataset), batch_size, args.world_size, args.process_index,
-                                      args.data_seed if args.data_seed is not None else args.seed,
-                                      sampler=self.strategy.sampler, drop_last=args.dataloader_drop_last)
-        self.epoch_callback.targets.append(sampler)
-        workers = args.dataloader_num_workers
-        in_workers = dict(prefetch_factor=args.dataloader_prefetch_factor, in_order=args.dataloader_in_order,
-                          persistent_workers=args.dataloader_persistent_workers,
-                          multiprocessing_context=args.dataloader_multiprocessing_context) if workers > 0 else {}
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=workers,
-            pin_memory=args.dataloader_pin_memory, **in_workers,
-            worker_init_fn=functools.partial(seed_worker, num_workers=workers, rank=args.process_index),
-        )
-        prepared = self.accelerator.prepare(loader)
-        shard = getattr(prepared, "batch_sampler", None)
-        if shard is None or getattr(shard, "batch_sampler", None) is not sampler:
-            raise RuntimeError("accelerate did not wrap the process batch sampler as expected (trainer docstring, 12)")
-        shard.num_processes, shard.process_index = 1, 0
-        return prepared
 
     # Final evaluations: their predictions go to the reports ----------------------------------------------------
 

@@ -13,7 +13,7 @@ PACKAGE = Path(hf_resnet.__file__).parent
 LAYERS = [
     ["constants", "errors"],
     ["bundled", "data.imagenet", "data.images", "hub"],
-    ["training.alignment", "data.folders"],
+    ["training.alignment", "training.preemption", "data.folders"],
     ["configs", "strategy_config"],
     ["settings", "data.loading", "data.transforms", "data.skips", "training.metrics", "training.checkpoints",
      "training.losses", "training.optim"],

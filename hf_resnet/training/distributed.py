@@ -15,11 +15,19 @@ map-style data and a hash of each image's path and bytes for a streamed train sp
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import seed_worker
+
+from .preemption import keep_workers_alive
+
+logger = logging.getLogger(__name__)
 
 EXAMPLE_LOG_DIR = "example_ids"
 MIN_PROCESS_BATCH = 2  # BatchNorm in training mode needs more than one value per channel
@@ -111,3 +119,67 @@ def read_example_log(output_dir: str) -> list[dict]:
         rank = int(path.stem.split("-")[1])
         rows += [{**json.loads(line), "rank": rank} for line in path.read_text().splitlines() if line]
     return rows
+
+
+class ProcessDataMixin:
+    """The trainer's data loaders under several processes (trainer.py's docstring, items 2, 4 and 12).
+
+    A streamed train split of at least as many shards as processes is split by shard, so its batches are not
+    dispatched (one of fewer shards is: read once, by the main process); a streamed eval split is read by the main
+    process and dispatched, so every example is scored exactly once; a map-style train split is read through
+    `ProcessBatchSampler` (every example once per epoch). Every loader's workers ignore the stop signals
+    (`preemption.keep_workers_alive`). Needs the Trainer's `accelerator`, `args`, `strategy`, `epoch_callback`,
+    `stop_on_signal` and `data_collator`.
+    """
+
+    @contextmanager
+    def _dispatch(self, value: bool):
+        config = self.accelerator.dataloader_config
+        previous = config.dispatch_batches
+        config.dispatch_batches = value
+        try:
+            yield
+        finally:
+            config.dispatch_batches = previous
+
+    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
+                        dataloader_key=None):
+        args = (dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        world = self.args.world_size
+        if isinstance(dataset, torch.utils.data.IterableDataset) and world > 1:
+            # A training stream of fewer shards than processes would be read whole by every process, its last
+            # batch filled with copies of the first (accelerate's `IterableDatasetShard`): dispatch it instead.
+            few_shards = is_training and getattr(dataset, "n_shards", world) < world
+            if few_shards:
+                logger.info("The training stream has %d shard(s) for %d processes: the main process reads it and "
+                            "sends each process its part of every batch", dataset.n_shards, world)
+            with self._dispatch(not is_training or few_shards):
+                return keep_workers_alive(super()._get_dataloader(*args), self.stop_on_signal.signals)
+        if is_training and self.args.world_size > 1:
+            return self._process_train_dataloader(dataset, batch_size)
+        return keep_workers_alive(super()._get_dataloader(*args), self.stop_on_signal.signals)
+
+    def _process_train_dataloader(self, dataset, batch_size: int):
+        """Map-style training under several processes: each process reads its own batches of the epoch's order
+        (`distributed.ProcessBatchSampler`: every example once, no copies trained twice). accelerate's wrapper
+        (`BatchSamplerShard`) is made a pass-through, as the Trainer does for its own rank-aware sampler (12)."""
+        args = self.args
+        sampler = ProcessBatchSampler(len(dataset), batch_size, args.world_size, args.process_index,
+                                      args.data_seed if args.data_seed is not None else args.seed,
+                                      sampler=self.strategy.sampler, drop_last=args.dataloader_drop_last)
+        self.epoch_callback.targets.append(sampler)
+        workers = args.dataloader_num_workers
+        in_workers = dict(prefetch_factor=args.dataloader_prefetch_factor, in_order=args.dataloader_in_order,
+                          persistent_workers=args.dataloader_persistent_workers,
+                          multiprocessing_context=args.dataloader_multiprocessing_context) if workers > 0 else {}
+        loader = keep_workers_alive(torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=workers,
+            pin_memory=args.dataloader_pin_memory, **in_workers,
+            worker_init_fn=functools.partial(seed_worker, num_workers=workers, rank=args.process_index),
+        ), self.stop_on_signal.signals)
+        prepared = self.accelerator.prepare(loader)
+        shard = getattr(prepared, "batch_sampler", None)
+        if shard is None or getattr(shard, "batch_sampler", None) is not sampler:
+            raise RuntimeError("accelerate did not wrap the process batch sampler as expected (trainer docstring, 12)")
+        shard.num_processes, shard.process_index = 1, 0
+        return prepared
