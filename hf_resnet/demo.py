@@ -51,7 +51,7 @@ SMALL_SIDE = 16  # an image with a side under this many pixels gets a warning: i
 SHOWN_CLASSES = 12
 THEME_FONTS = {"font": ["ui-sans-serif", "system-ui", "sans-serif"],
                "font_mono": ["ui-monospace", "Consolas", "monospace"]}  # the system's: nothing downloaded
-HEADLINE = (("accuracy", "top-1 accuracy"), ("top5_accuracy", "top-5 accuracy"), ("f1_macro", "macro F1"))
+HEADLINE = (("accuracy", "Top-1 accuracy"), ("top5_accuracy", "Top-5 accuracy"), ("f1_macro", "Macro F1"))
 _CONVERTED = {"CMYK": "stored as CMYK: converted to RGB", "I;16": "16-bit: scaled to 8 bits (not clipped)",
               "I": "32-bit integer: scaled to 8 bits", "F": "floating point: its range scaled to 8 bits",
               "RGBA": "transparent: composited on white", "LA": "transparent: composited on white"}
@@ -101,24 +101,25 @@ def _card(folder: Path | None):
         return None
 
 
-def headline_metrics(folder: Path | None) -> list[str]:
-    """'validation: top-1 accuracy 0.917' lines: the card's model-index when it has one, else the run's results
-    JSON (eval_results.json, all_results.json)."""
+def headline_metrics(folder: Path | None) -> str:
+    """'on digits (validation split): Top-1 accuracy 0.9167 · ...': the card's model-index when it has one, else
+    the run's results JSON (eval_results.json, all_results.json); empty when neither is there."""
     card = _card(folder)
-    results = getattr(card, "eval_results", None) or []
+    results = (getattr(card, "eval_results", None) or [])[: len(HEADLINE)]
     if results:
-        return [f"{r.dataset_name} {r.dataset_split or ''}: {r.metric_name or r.metric_type} {r.metric_value:.4g}"
-                .replace("  ", " ") for r in results[:3]]
+        where = f"on {results[0].dataset_name}" + (f" ({results[0].dataset_split} split)"
+                                                   if results[0].dataset_split else "")
+        return f"{where}: " + " · ".join(f"{r.metric_name or r.metric_type} {r.metric_value:.4g}" for r in results)
     for name in ("eval_results.json", "all_results.json"):
         path = folder / name if folder is not None else None
         if path is not None and path.is_file():
             values = json.loads(path.read_text())
-            for prefix in ("eval", "test"):
-                lines = [f"{prefix}: {text} {values[f'{prefix}_{key}']:.4g}" for key, text in HEADLINE
+            for prefix, split in (("eval", "validation"), ("test", "test")):
+                found = [f"{text} {values[f'{prefix}_{key}']:.4g}" for key, text in HEADLINE
                          if isinstance(values.get(f"{prefix}_{key}"), (int, float))]
-                if lines:
-                    return lines
-    return []
+                if found:
+                    return f"on the {split} split: " + " · ".join(found)
+    return ""
 
 
 def header_markdown(model: str, labels: list[str], folder: Path | None) -> str:
@@ -129,7 +130,7 @@ def header_markdown(model: str, labels: list[str], folder: Path | None) -> str:
     lines = [f"# {name}", f"`{model}`: an image classifier, {len(labels)} classes: {shown}."]
     metrics = headline_metrics(folder)
     if metrics:
-        lines.append("Measured: " + " · ".join(metrics) + ".")
+        lines.append(f"Measured {metrics}.")
     return "\n\n".join(lines)
 
 
