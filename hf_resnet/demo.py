@@ -268,6 +268,7 @@ def build_app(model: str, examples: str | Path | None = None, device: str | None
                         label="Examples from the evaluation report" if not examples else "Examples")
         # preprocess=False: the upload reaches Predictor as Gradio's file record (its path in Gradio's upload
         # folder, checked by Gradio) and is decoded by data.images, not by Gradio's own PIL.Image.open.
+        image.upload(None, None, note, js="() => ''")  # the user's own image: no example's note beside it
         gr.on([image.change, show_gradcam.change], predictor, inputs=[image, show_gradcam],
               outputs=[labels, overlay, timing], preprocess=False, concurrency_limit=1, concurrency_id="predict",
               api_name="predict")
@@ -292,4 +293,4 @@ def launch(app: gr.Blocks, host: str = DEFAULT_HOST, port: int | None = DEFAULT_
                        port)
     return app.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
                       prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False, ssr_mode=False,
-                      mcp_server=False, theme=gr.themes.Default(**THEME_FONTS))
+                      mcp_server=False, run_history=False, theme=gr.themes.Default(**THEME_FONTS))

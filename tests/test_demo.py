@@ -2,6 +2,7 @@
 answers 20 concurrent requests in order with flat memory, works in a real (headless) browser without a request
 leaving the machine, and `--space` writes a Space folder that runs with `python app.py` and that the Hub accepts."""
 
+import ctypes
 import os
 import re
 import shutil
@@ -138,9 +139,15 @@ def test_odd_but_valid_images_are_predicted_with_a_note(client, expected, tmp_pa
 
 
 def rss_mb() -> float:
+    """This process's resident memory, after glibc hands freed blocks back (what is kept, not the allocator's
+    cache: torch and Pillow free into per-thread arenas that would otherwise read as growth)."""
     status = Path("/proc/self/status")
     if not status.is_file():
         pytest.skip("the resident memory is read from /proc/self/status (Linux)")
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: measured as it is
+        pass
     return int(re.search(r"^VmRSS:\s+(\d+) kB", status.read_text(), re.MULTILINE)[1]) / 1024
 
 
@@ -186,6 +193,7 @@ def test_20_concurrent_requests_answer_in_order_one_at_a_time_with_flat_memory(c
     assert all(end <= calls[i + 1][1] for i, (_, _, end) in enumerate(calls[:-1]))  # never two at once
     for file, (labels, _, text) in zip(files, results):
         assert labels["label"] == expected(str(file), top_k=1)[0]["label"] and TIME.search(text), file
+    print(f"resident memory before and after 20 requests: {before:.0f} MB, {after:.0f} MB")
     assert after - before < 30, f"resident memory grew {after - before:.1f} MB over 20 requests"
 
 
