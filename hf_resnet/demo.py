@@ -251,7 +251,8 @@ def build_app(model: str, examples: str | Path | None = None, device: str | None
     predictor = Predictor(classifier, max_pixels)
     folder = model_folder(model, revision, token)
     gallery = folder_examples(examples) if examples else report_examples(folder)
-    with gr.Blocks(title=f"{Path(model.rstrip('/')).name} · hf-resnet demo", analytics_enabled=False) as app:
+    with gr.Blocks(title=f"{Path(model.rstrip('/')).name} · hf-resnet demo", analytics_enabled=False,
+                   delete_cache=(3600, 3600)) as app:  # uploads and overlays: deleted after an hour
         gr.Markdown(header_markdown(model, classifier.labels, folder), elem_id="model-header")
         with gr.Row():
             with gr.Column():

@@ -32,6 +32,12 @@ def _boolean(text: str) -> bool:
     return text.lower() in ("true", "1", "yes")
 
 
+def _pixels(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels (0: no limit)")
+    return int(text)
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
@@ -56,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--share", type=_boolean, default=False, metavar="true|false",
                         help="also open a public https://*.gradio.live link (default false)")
     parser.add_argument("--max_file_size", default="20mb", metavar="SIZE", help="largest upload (default 20mb)")
-    parser.add_argument("--max-image-pixels", "--max_image_pixels", dest="max_image_pixels", type=int,
+    parser.add_argument("--max-image-pixels", "--max_image_pixels", dest="max_image_pixels", type=_pixels,
                         default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"refuse images over N pixels (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     parser.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
