@@ -267,9 +267,9 @@ def build_app(model: str, examples: str | Path | None = None, device: str | None
         if gallery:
             gr.Examples([[file, text] for file, text in gallery], inputs=[image, note],
                         label="Examples from the evaluation report" if not examples else "Examples")
+        image.upload(None, None, note, js="() => ''")  # the user's own image: no example's note beside it
         # preprocess=False: the upload reaches Predictor as Gradio's file record (its path in Gradio's upload
         # folder, checked by Gradio) and is decoded by data.images, not by Gradio's own PIL.Image.open.
-        image.upload(None, None, note, js="() => ''")  # the user's own image: no example's note beside it
         gr.on([image.change, show_gradcam.change], predictor, inputs=[image, show_gradcam],
               outputs=[labels, overlay, timing], preprocess=False, concurrency_limit=1, concurrency_id="predict",
               api_name="predict")
