@@ -5,6 +5,7 @@ answers at once.
     hf-resnet evaluate MODEL --validation_dir DIR    the full report for a model, without training
     hf-resnet predict MODEL IMAGE_OR_FOLDER...       top-k labels, probabilities and time per image
     hf-resnet export MODEL --onnx [--int8]           ONNX (and int8) for ONNX Runtime, checked against PyTorch
+    hf-resnet demo MODEL [--space DIR]               a web page for the model (Gradio), or a Hugging Face Space
     hf-resnet audit DATA                             check an image folder before training
 
 Exit codes: 0 done and nothing wrong, 1 the job found problems (e.g. unreadable images), 2 bad usage (the
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from .constants import DEFAULT_MAX_PIXELS
+from .demo_cli import add_command as add_demo_command  # argparse only: Gradio loads when the demo runs
 
 
 def _json_target(data: str, wanted: str | None) -> Path | None:
@@ -318,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-image-pixels", dest="max_image_pixels", type=_pixels, default=DEFAULT_MAX_PIXELS,
                          metavar="N", help=f"refuse images over N pixels (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     predict.set_defaults(run=_predict)
+    add_demo_command(commands)
     _export_arguments(commands.add_parser(
         "export", help="ONNX (--onnx) and int8 (--int8) models for ONNX Runtime, checked against PyTorch",
         description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))

@@ -12,7 +12,7 @@ PACKAGE = Path(hf_resnet.__file__).parent
 # Bottom to top; a module may import from any earlier layer, never from its own or a later one.
 LAYERS = [
     ["constants", "errors"],
-    ["bundled", "data.imagenet", "data.images", "hub"],
+    ["bundled", "data.imagenet", "data.images", "hub", "space"],
     ["training.alignment", "training.preemption", "data.folders"],
     ["configs", "strategy_config"],
     ["settings", "data.loading", "data.transforms", "data.skips", "training.metrics", "training.checkpoints",
@@ -21,8 +21,8 @@ LAYERS = [
     ["data.inputs"],
     ["training.strategies", "inference", "reports.model_card", "reports.predictions", "data.audit",
      "reports.confusion", "reports.plots", "reports.gradcam"],
-    ["training.callbacks", "training.distributed", "reports.evaluation", "export"],
-    ["trainer"],
+    ["training.callbacks", "training.distributed", "reports.evaluation", "export", "demo"],
+    ["trainer", "demo_cli"],
     ["run"],
     ["cli"],
 ]

@@ -1,6 +1,6 @@
 """The report's pictures, drawn with matplotlib's Agg canvas (no display, no global pyplot state): confusion
-matrix, training curves, a grid of predictions beside the truth, Grad-CAM overlays. Pure drawing: the numbers
-and images come from the caller."""
+matrix, training curves, a grid of predictions beside the truth, Grad-CAM overlays (also as one picture for
+`hf-resnet demo`). Pure drawing: the numbers and images come from the caller."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 CORRECT, WRONG, NEUTRAL = "#1a7f37", "#cf222e", "#24292f"
 DPI = 100
+GRADCAM_COLOURS, GRADCAM_ALPHA = "jet", 0.45  # red: the evidence for the class
 
 
 def _short(name: str, width: int = 22) -> str:
@@ -161,9 +163,18 @@ def gradcam_png(path: Path, images: Sequence[np.ndarray], maps: Sequence[np.ndar
         image_axes.imshow(images[index], interpolation=smooth)
         image_axes.set_title(titles[index], fontsize=9, color=_colour(correct[index]))
         overlay_axes.imshow(images[index], interpolation=smooth)
-        overlay_axes.imshow(maps[index], cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+        overlay_axes.imshow(maps[index], cmap=GRADCAM_COLOURS, alpha=GRADCAM_ALPHA, vmin=0, vmax=1,
+                           interpolation="bilinear")
         overlay_axes.set_title("Grad-CAM", fontsize=9)
         _frame(image_axes, _colour(correct[index]))
         _frame(overlay_axes, _colour(correct[index]))
     figure.suptitle(title, fontsize=12)
     return _save(figure, path)
+
+
+def gradcam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = GRADCAM_ALPHA) -> np.ndarray:
+    """One picture (H, W, 3) uint8 with its Grad-CAM map (H, W, in [0, 1]) laid over it in gradcam_png's colours,
+    as one uint8 array (the demo's overlay)."""
+    colours = colormaps[GRADCAM_COLOURS](np.clip(cam, 0.0, 1.0))[..., :3]
+    blended = (1.0 - alpha) * (image.astype(np.float64) / 255.0) + alpha * colours
+    return np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
