@@ -6,6 +6,7 @@ answers at once.
     hf-resnet predict MODEL IMAGE_OR_FOLDER...       top-k labels, probabilities and time per image
     hf-resnet export MODEL --onnx [--int8]           ONNX (and int8) for ONNX Runtime, checked against PyTorch
     hf-resnet audit DATA                             check an image folder before training
+    hf-resnet sweep --space S --n_trials N ...       hyperparameter search with Optuna (sweep/command.py)
 
 Exit codes: 0 done and nothing wrong, 1 the job found problems (e.g. unreadable images), 2 bad usage (the
 message names the fix).
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--max-image-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
                        help=f"refuse images over N pixels as training does (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     audit.set_defaults(run=_audit)
+    commands.add_parser("sweep", add_help=False, help="search hyperparameters with Optuna: hf-resnet sweep --config "
+                        "RECIPE --space SPACE --n_trials N --output_dir DIR (`hf-resnet sweep --help`)")
     return parser
 
 
@@ -340,9 +343,10 @@ def train(argv: list[str] | None = None) -> int:
         arguments = parse_args(argv)  # `--help` answers here, before anything heavy is imported
         _check_environment()
         from .run import main as run
+        from .training.distributed import end_process_group
 
         run(*arguments)
-        _end_distributed()
+        end_process_group()
     except HfResnetError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -361,14 +365,6 @@ def _check_environment() -> None:
         raise SystemExit(2)
 
 
-def _end_distributed() -> None:
-    """Leave the process group cleanly (a gloo process that exits with it open can abort at exit)."""
-    import torch.distributed
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 def _interrupted(output_dir: str | None) -> None:
     """Ctrl-C: say what is kept and how to go on, instead of a traceback."""
     from .training.checkpoints import last_complete_checkpoint
@@ -384,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # the recipe parser owns every flag after `train`
         return train(argv[1:])
+    if argv[:1] == ["sweep"]:  # its own options, then any `train` field, for every trial
+        from .sweep.command import main as sweep
+        return sweep(argv[1:])
     if argv[:1] == ["evaluate"]:  # its own flags, then any `train` field, for the recipe parser
         return _evaluate(argv[1:])
     args = build_parser().parse_args(argv)

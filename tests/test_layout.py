@@ -12,17 +12,20 @@ PACKAGE = Path(hf_resnet.__file__).parent
 # Bottom to top; a module may import from any earlier layer, never from its own or a later one.
 LAYERS = [
     ["constants", "errors"],
-    ["bundled", "data.folders", "data.images", "hub"],
+    ["bundled", "data.folders", "data.images", "hub", "sweep.study"],
     ["configs", "strategy_config"],
     ["settings", "data.loading", "data.transforms", "data.skips", "training.metrics", "training.checkpoints",
      "training.losses", "training.optim"],
     ["parser", "data.gpu_decode", "training.ema", "training.modeling", "training.preflight", "training.balance"],
-    ["data.inputs"],
+    ["data.inputs", "sweep.space"],
     ["training.strategies", "inference", "reports.model_card", "reports.predictions", "data.audit",
      "reports.confusion", "reports.plots", "reports.gradcam"],
-    ["training.callbacks", "training.distributed", "reports.evaluation", "export"],
+    ["training.callbacks", "training.distributed", "reports.evaluation", "export", "sweep.outputs"],
     ["trainer"],
     ["run"],
+    ["sweep.trial"],
+    ["sweep.runner"],
+    ["sweep.command"],
     ["cli"],
 ]
 
