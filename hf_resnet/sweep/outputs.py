@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def trials_table(study, names: list[str]):
     for column in columns:
         if column not in frame:
             frame[column] = None
+    for column in ("user_attrs_evaluations", "user_attrs_retry_of"):  # whole numbers, also beside a FAIL's blank
+        frame[column] = frame[column].astype("Int64")
     frame["seconds"] = frame["duration"].dt.total_seconds().round(1) if "duration" in frame else None
     return frame[["number", "state", *columns, "seconds"]].rename(columns=columns)
 
@@ -154,8 +157,14 @@ def publish_best(study, names: list[str], settings: dict, trial_folder: Path, ou
     text = text.replace(str(trial_folder.resolve()), str(target.resolve()))  # the quick start loads best/
     card.write_text(text.rstrip("\n") + "\n\n" + card_section(study, names, best, settings, plots), encoding="utf-8")
     old = output_dir / f".best-old-{os.getpid()}"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
+    for _ in range(5):  # another sweep on the same study may be swapping its own best/ in at the same moment
+        try:
+            if target.exists():
+                os.replace(target, old)
+            os.replace(staging, target)
+            break
+        except OSError:
+            time.sleep(1)
     shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -30,12 +30,12 @@ from .study import (
     finished,
     import_optuna,
     make_sampler,
-    next_seed,
     open_storage,
     open_study,
     owner,
     recover,
     retry,
+    trial_seed,
 )
 from .trial import metric_key, run_trial, share, trial_dir
 
@@ -171,6 +171,8 @@ def lead(plan: Sweep) -> dict:
                 for t in study.get_trials(deepcopy=False)) >= total:
             trial.set_user_attr("surplus", True)
             raise Surplus
+        if options.sampler != "grid":  # (the grid sampler picks its point when the trial is created)
+            study.sampler = make_sampler(options.sampler, trial_seed(study, trial, plan.seed))
         values = plan.space.suggest(trial)
         share((trial.number, values))
         result = plan.train(trial.number, values, trial)
@@ -185,7 +187,7 @@ def lead(plan: Sweep) -> dict:
         found = counts(study)
         if finished(study) + found.get("RUNNING", 0) >= total and not found.get("WAITING"):
             break
-        study.sampler = make_sampler(options.sampler, next_seed(study, plan.seed), grid)
+        study.sampler = make_sampler(options.sampler, plan.seed, grid)
         try:
             study.optimize(objective, n_trials=1, catch=(torch.OutOfMemoryError,))
         except Surplus:

@@ -10,8 +10,10 @@ trials a killed process left running.
   machine a dead process is seen at once (each trial records its host and process id); on an RDB storage one
   on another machine is seen by its heartbeat, `GRACE_S` after its last one.
 - Sampling is deterministic under the seed: each new trial's sampler is seeded with the seed plus the number of
-  trials that did not fail before it, so a sweep that was killed and rerun asks for the same values in the same
-  order as one that never was (the failed trial's rerun takes its values from the queue, not the sampler).
+  trials before it that did not fail, so a sweep that was killed and rerun asks for the same values in the same
+  order as one that never was (the failed trial's rerun takes its values from the queue, not the sampler), and
+  two sweeps sharing a study never draw alike. With the median pruner or none; Hyperband's brackets follow the
+  trials' numbers, which the rerun shifts.
 """
 
 from __future__ import annotations
@@ -159,9 +161,9 @@ def finished(study) -> int:
     return found.get("COMPLETE", 0) + found.get("PRUNED", 0)
 
 
-def next_seed(study, seed: int) -> int:
-    """The sampler's seed for the next new trial: the seed plus the trials so far that did not fail."""
+def trial_seed(study, trial, seed: int) -> int:
+    """The sampler's seed for `trial`: the seed plus the trials before it that did not fail. A sweep killed and
+    rerun thus seeds its new trials as one that never was; two sweeps sharing a study, never alike."""
     from optuna.trial import TrialState
 
-    return seed + sum(t.state != TrialState.FAIL and t.state != TrialState.WAITING
-                      for t in study.get_trials(deepcopy=False))
+    return seed + sum(t.number < trial.number and t.state != TrialState.FAIL for t in study.get_trials(deepcopy=False))
