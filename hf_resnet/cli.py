@@ -328,8 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--max-image-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
                        help=f"refuse images over N pixels as training does (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     audit.set_defaults(run=_audit)
-    commands.add_parser("sweep", add_help=False, help="search hyperparameters with Optuna: hf-resnet sweep --config "
-                        "RECIPE --space SPACE --n_trials N --output_dir DIR (`hf-resnet sweep --help`)")
+    from .sweep.command import DESCRIPTION, add_arguments  # argparse only: --help stays fast
+
+    add_arguments(commands.add_parser("sweep", help="search hyperparameters with Optuna over any train field",
+                                      description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 

@@ -51,6 +51,13 @@ def child_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
+def test_help_answers_without_importing_torch_or_optuna():
+    code = ("import sys\nfrom hf_resnet.cli import main\ntry: main(['sweep', '--help'])\nexcept SystemExit: pass\n"
+            "print('torch' in sys.modules, 'optuna' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=60)
+    assert "--n_trials N" in result.stdout and result.stdout.strip().splitlines()[-1] == "False False"
+
+
 # -- the space, checked before any trial ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("entry, message", [
@@ -156,8 +163,10 @@ def test_best_is_the_best_trial_and_pipeline_reproduces_its_metric(six_trials):
 # -- kill -9 and rerun ----------------------------------------------------------------------------------------------
 
 def test_a_sweep_killed_in_trial_3_and_rerun_ends_as_one_never_killed(tmp_path, six_trials):
+    """On Optuna's journal file (the never-killed sweep is on SQLite: the storage does not change the trials)."""
     out = tmp_path / "killed"
-    child = subprocess.Popen(sweep_command(sweep_args(out, 6)), env=child_env(), cwd=tmp_path,
+    args = sweep_args(out, 6, "--storage", str(tmp_path / "study.log"))
+    child = subprocess.Popen(sweep_command(args), env=child_env(), cwd=tmp_path,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not list((out / "trial-002").glob("checkpoint-*")) and time.time() < deadline and child.poll() is None:
@@ -166,7 +175,7 @@ def test_a_sweep_killed_in_trial_3_and_rerun_ends_as_one_never_killed(tmp_path, 
     child.wait()
     assert len(finished(trials(out))) == 2  # trials 0 and 1 were told
 
-    assert sweep(sweep_args(out, 6)) == 0
+    assert sweep(args) == 0
     rows = trials(out)
     done = finished(rows)
     assert len(done) == 6 and len({params_of(r) for r in done}) == 6  # none run twice
@@ -187,10 +196,10 @@ def test_a_sweep_killed_in_trial_3_and_rerun_ends_as_one_never_killed(tmp_path, 
 # -- two sweeps on one storage --------------------------------------------------------------------------------------
 
 def test_two_sweeps_on_one_storage_share_the_trials(tmp_path, capsys):
-    """One sweep in a child process, the same command here once the child's first trial runs: the 4 trials are
-    shared, each run once, by the two."""
-    out, journal = tmp_path / "shared", tmp_path / "study.log"
-    args = sweep_args(out, 4, "--storage", f"journal:{journal}")
+    """One sweep in a child process, the same command here once the child's first trial runs: the 4 trials of
+    DIR/study.db are shared, each run once, by the two."""
+    out = tmp_path / "shared"
+    args = sweep_args(out, 4)
     child = subprocess.Popen(sweep_command(args), env=child_env(), cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
@@ -205,9 +214,45 @@ def test_two_sweeps_on_one_storage_share_the_trials(tmp_path, capsys):
 
     from hf_resnet.sweep.study import open_storage
 
-    study = optuna.load_study(study_name="hf-resnet", storage=open_storage(f"journal:{journal}", out))
+    study = optuna.load_study(study_name="hf-resnet", storage=open_storage(None, out))
     runs = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(study.trials) == len(runs) == 4  # none failed, none run twice, none beyond the 4
     assert len({json.dumps(t.params, sort_keys=True) for t in runs}) == 4  # no values drawn twice
     assert len({t.user_attrs["pid"] for t in runs}) == 2 and here >= 1 and there >= 1 and here + there == 4
     assert len(finished(trials(out))) == 4 and (out / "best" / "model.safetensors").is_file()
+
+
+# -- a pruned trial under two gloo processes -------------------------------------------------------------------------
+
+def test_a_pruned_trial_stops_both_gloo_processes_and_the_sweep_goes_on(tmp_path):
+    """3 finished trials that scored 1.0 at every evaluation are in the study first, so the median pruner prunes
+    every new trial at its first evaluation; under `accelerate launch` with 2 gloo processes, both stop there (a
+    process that trained on would hang the other at its next collective), and the second trial still runs."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    out = tmp_path / "ddp"
+    out.mkdir()
+    study = optuna.create_study(storage=f"sqlite:///{out / 'study.db'}", study_name="hf-resnet", direction="maximize")
+    distributions = {"learning_rate": FloatDistribution(1e-3, 1e-2, log=True),
+                     "per_device_train_batch_size": CategoricalDistribution([32, 64]),
+                     "head_dropout": FloatDistribution(0.0, 0.3),
+                     "random_resized_crop_scale": CategoricalDistribution(["[0.7, 1.0]", "[0.9, 1.0]"])}
+    for lr in (0.002, 0.004, 0.008):
+        study.add_trial(optuna.trial.create_trial(
+            params={"learning_rate": lr, "per_device_train_batch_size": 32, "head_dropout": 0.1,
+                    "random_resized_crop_scale": "[0.7, 1.0]"},
+            distributions=distributions, value=1.0, intermediate_values={1: 1.0, 2: 1.0}))
+    command = [sys.executable, "-m", "accelerate.commands.launch",
+               "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"),
+               "-m", "hf_resnet.cli", "sweep", *sweep_args(out, 5)]
+    result = subprocess.run(command, env=child_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [r for r in trials(out) if int(r["number"]) >= 3]
+    assert [r["state"] for r in rows] == ["PRUNED", "PRUNED"] and [r["evaluations"] for r in rows] == ["1", "1"]
+    for row in rows:
+        state = json.loads((out / f"trial-{int(row['number']):03d}" / "trainer_state.json").read_text())
+        assert state["epoch"] == 1.0 and state["global_step"] == state["max_steps"] // 2  # stopped after epoch 1
+        assert (out / f"trial-{int(row['number']):03d}" / "model.safetensors").is_file()
+    assert result.stdout.count("trial 3 PRUNED") == 1 and result.stdout.count("trial 4 PRUNED") == 1  # main only
+    assert "No best/ here" in result.stdout + result.stderr  # the best trials (the 3 above) have no folder here

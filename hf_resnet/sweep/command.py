@@ -43,8 +43,12 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="hf-resnet sweep", description=DESCRIPTION, allow_abbrev=False,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_arguments(OneLineParser(prog="hf-resnet sweep", description=DESCRIPTION, allow_abbrev=False,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The sweep's own options (also shown by `hf-resnet --help`'s sub-command parser)."""
     parser.add_argument("--config", metavar="RECIPE", help="the recipe every trial runs (a path or a shipped name)")
     parser.add_argument("--space", metavar="SPACE", required=True,
                         help="the search space: YAML of field: {type: float|int|categorical, ...}, or a shipped one")

@@ -37,9 +37,14 @@ def shown_trials(study) -> list:
 
 def trials_table(study, names: list[str]):
     """One row per trial: number, state, every parameter, objective, evaluations and epochs run, seconds."""
+    import pandas
+
     frame = study.trials_dataframe(attrs=("number", "state", "params", "user_attrs", "duration"))
-    frame = frame[frame["number"].isin([t.number for t in shown_trials(study)])]
     columns = {f"params_{name}": name for name in names}
+    if frame.empty:  # no trial yet (they all run elsewhere)
+        return pandas.DataFrame(columns=["number", "state", *names, "objective", "epochs", "evaluations",
+                                         "retry_of", "seconds"])
+    frame = frame[frame["number"].isin([t.number for t in shown_trials(study)])]
     columns.update({"user_attrs_objective": "objective", "user_attrs_epochs": "epochs",
                     "user_attrs_evaluations": "evaluations", "user_attrs_retry_of": "retry_of"})
     for column in columns:

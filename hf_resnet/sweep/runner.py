@@ -23,6 +23,7 @@ from pathlib import Path
 from ..constants import value_of
 from ..errors import ConfigError, first_line
 from ..parser import parse_args
+from ..reports.model_card import format_value
 from .outputs import best_trial, publish_best, trial_line, write_plots, write_trials_csv
 from .space import SearchSpace, load_space
 from .study import (
@@ -128,6 +129,8 @@ def prepare(options: SweepOptions, train_argv: list[str]) -> tuple[Sweep, bool]:
     *_, training_args = parse_args(probe)  # under accelerate launch this also starts the process group
     check_schedule(training_args)
     space = load_space(options.space, probe, parse_args)
+    if options.sampler == "grid":
+        space.grid()  # every field needs a finite set of values
     metric, maximize = objective_metric(training_args)
     argv = [*base, *keep_best_flags(probe, training_args, metric)]
     return Sweep(options, space, argv, metric, maximize, training_args.seed), training_args.process_index == 0
@@ -154,7 +157,6 @@ def lead(plan: Sweep) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(open_storage(options.storage, output_dir), options.study_name, plan.maximize, plan.settings(),
                        options.pruner)
-    recover(study)
     total, grid = options.n_trials, plan.space.grid() if options.sampler == "grid" else None
     if grid is not None and total > math.prod(len(v) for v in grid.values()):
         total = math.prod(len(v) for v in grid.values())
@@ -184,6 +186,7 @@ def lead(plan: Sweep) -> dict:
         return result.objective
 
     while True:
+        recover(study)  # a process of this machine that died since: its trial runs again
         found = counts(study)
         if finished(study) + found.get("RUNNING", 0) >= total and not found.get("WAITING"):
             break
@@ -218,7 +221,7 @@ def finish(plan: Sweep, study, total: int) -> dict:
             f"({found.get('PRUNED', 0)} pruned, {found.get('FAIL', 0)} failed")
     line += f", {found['RUNNING']} still running elsewhere)" if found.get("RUNNING") else ")"
     if best is not None:
-        values = ", ".join(f"{k}={v}" for k, v in plan.space.decode(best.params).items())
+        values = ", ".join(f"{k}={format_value(v)}" for k, v in plan.space.decode(best.params).items())
         line += f"; best: trial {best.number}, {metric_key(plan.metric)} {best.value:.4f}, {values}"
     line += f"; {best_dir or 'no best/'}, {csv}" + "".join(f", {p.name}" for p in plots)
     print(line, flush=True)

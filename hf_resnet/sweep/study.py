@@ -149,10 +149,11 @@ def recover(study) -> list[int]:
 
 
 def counts(study) -> dict[str, int]:
-    """Trials by state name: COMPLETE, PRUNED, RUNNING, WAITING, FAIL."""
+    """Trials by state name: COMPLETE, PRUNED, RUNNING, WAITING, FAIL (surplus ones left out)."""
     found: dict[str, int] = {}
     for trial in study.get_trials(deepcopy=False):
-        found[trial.state.name] = found.get(trial.state.name, 0) + 1
+        if not trial.user_attrs.get("surplus"):  # asked for by two sweeps at once, and left unrun
+            found[trial.state.name] = found.get(trial.state.name, 0) + 1
     return found
 
 
