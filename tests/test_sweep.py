@@ -254,5 +254,6 @@ def test_a_pruned_trial_stops_both_gloo_processes_and_the_sweep_goes_on(tmp_path
         state = json.loads((out / f"trial-{int(row['number']):03d}" / "trainer_state.json").read_text())
         assert state["epoch"] == 1.0 and state["global_step"] == state["max_steps"] // 2  # stopped after epoch 1
         assert (out / f"trial-{int(row['number']):03d}" / "model.safetensors").is_file()
+        assert "| processes | 2 |" in (out / f"trial-{int(row['number']):03d}" / "README.md").read_text()  # DDP
     assert result.stdout.count("trial 3 PRUNED") == 1 and result.stdout.count("trial 4 PRUNED") == 1  # main only
     assert "No best/ here" in result.stdout + result.stderr  # the best trials (the 3 above) have no folder here

@@ -75,8 +75,10 @@ def open_storage(storage: str | None, output_dir: Path):
                           "nor a journal file (journal:PATH, or a path ending in .log).")
     engine = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}  # two sweeps wait, not fail
     try:
-        return RDBStorage(storage, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          heartbeat_stale_trial_callback=retry)
+        with warnings.catch_warnings():  # the heartbeat is marked experimental; optimize() relies on it all the same
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(storage, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                              heartbeat_stale_trial_callback=retry)
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
         raise ConfigError(f"--storage {storage!r} cannot be opened ({type(err).__name__}: {err}); check the URL and "
                           "that its database driver is installed.") from err
