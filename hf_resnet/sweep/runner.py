@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..constants import value_of
-from ..errors import ConfigError, first_line
+from ..errors import ConfigError, NonFiniteLossError, first_line
 from ..parser import parse_args
 from ..reports.model_card import format_value
+from ..run import setup_logging
 from .outputs import best_trial, publish_best, trial_line, write_plots, write_trials_csv
 from .space import SearchSpace, load_space
 from .study import (
@@ -127,6 +128,7 @@ def prepare(options: SweepOptions, train_argv: list[str]) -> tuple[Sweep, bool]:
     base = (["--config", options.config] if options.config else []) + list(train_argv)
     probe = [*base, "--output_dir", str(Path(options.output_dir) / "trial-000")]
     *_, training_args = parse_args(probe)  # under accelerate launch this also starts the process group
+    setup_logging(training_args)  # the sweep's own lines before the first trial (a trial queued again, the grid)
     check_schedule(training_args)
     space = load_space(options.space, probe, parse_args)
     if options.sampler == "grid":
@@ -192,7 +194,8 @@ def lead(plan: Sweep) -> dict:
             break
         study.sampler = make_sampler(options.sampler, plan.seed, grid)
         try:
-            study.optimize(objective, n_trials=1, catch=(torch.OutOfMemoryError,))
+            # a diverging rate or a batch too big for the GPU is that trial's outcome (FAIL), not the sweep's end
+            study.optimize(objective, n_trials=1, catch=(torch.OutOfMemoryError, NonFiniteLossError))
         except Surplus:
             break
         except KeyboardInterrupt:
