@@ -180,7 +180,7 @@ def test_a_sweep_killed_in_trial_3_and_rerun_ends_as_one_never_killed(tmp_path, 
     done = finished(rows)
     assert len(done) == 6 and len({params_of(r) for r in done}) == 6  # none run twice
     failed = [r for r in rows if r["state"] == "FAIL"]
-    assert [r["number"] for r in failed] == ["2"]
+    assert [r["number"] for r in failed] == ["2"] and not list((out / "trial-002").glob("checkpoint-*"))
     retried = next(r for r in rows if r["retry_of"] not in ("", None))
     assert retried["retry_of"] == "2" and params_of(retried) == params_of(failed[0])
     never_killed = trials(six_trials)
@@ -216,7 +216,8 @@ def test_two_sweeps_on_one_storage_share_the_trials(tmp_path, capsys):
 
     study = optuna.load_study(study_name="hf-resnet", storage=open_storage(None, out))
     runs = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(study.trials) == len(runs) == 4  # none failed, none run twice, none beyond the 4
+    asked = [t for t in study.trials if not t.user_attrs.get("surplus")]  # (two asking at once: one is not run)
+    assert len(asked) == len(runs) == 4  # none failed, none run twice, none beyond the 4
     assert len({json.dumps(t.params, sort_keys=True) for t in runs}) == 4  # no values drawn twice
     assert len({t.user_attrs["pid"] for t in runs}) == 2 and here >= 1 and there >= 1 and here + there == 4
     assert len(finished(trials(out))) == 4 and (out / "best" / "model.safetensors").is_file()

@@ -39,7 +39,7 @@ from .study import (
     retry,
     trial_seed,
 )
-from .trial import metric_key, run_trial, share, trial_dir
+from .trial import metric_key, remove_checkpoints, run_trial, share, trial_dir
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,9 @@ def lead(plan: Sweep) -> dict:
         return result.objective
 
     while True:
-        recover(study)  # a process of this machine that died since: its trial runs again
+        for number in recover(study):  # a process of this machine died in that trial: it runs again, afresh
+            if not options.keep_checkpoints:
+                remove_checkpoints(trial_dir(output_dir, number))
         found = counts(study)
         if finished(study) + found.get("RUNNING", 0) >= total and not found.get("WAITING"):
             break
