@@ -7,6 +7,7 @@ answers at once.
     hf-resnet export MODEL --onnx [--int8]           ONNX (and int8) for ONNX Runtime, checked against PyTorch
     hf-resnet demo MODEL [--space DIR]               a web page for the model (Gradio), or a Hugging Face Space
     hf-resnet audit DATA                             check an image folder before training
+    hf-resnet sweep --space S --n_trials N ...       hyperparameter search with Optuna (sweep/command.py)
 
 Exit codes: 0 done and nothing wrong, 1 the job found problems (e.g. unreadable images), 2 bad usage (the
 message names the fix).
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from .constants import DEFAULT_MAX_PIXELS
 from .demo_cli import add_command as add_demo_command  # argparse only: Gradio loads when the demo runs
+from .flags import both, pixels, positive
+from .predict_cli import add_command as add_predict_command
 
 
 def _json_target(data: str, wanted: str | None) -> Path | None:
@@ -35,12 +38,6 @@ def _json_target(data: str, wanted: str | None) -> Path | None:
         raise ValueError(f"{str(target)!r} is inside DATA, and the audit never writes into the data; pass "
                          "--json PATH outside it (or --json - for standard output)")
     return target
-
-
-def _pixels(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels (0: no limit)")
-    return int(text)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -68,12 +65,6 @@ def _audit(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
-
-
 # evaluate -----------------------------------------------------------------------------------------------------------
 
 EVALUATE_OPTIONS = (  # (flag, metavar, help): the fields people set; any other `hf-resnet train` field is accepted
@@ -99,7 +90,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("model", metavar="MODEL", help="local model folder or Hub id (from the cache when "
                         "HF_HUB_OFFLINE=1), e.g. outputs/digits-smoke or microsoft/resnet-50")
     for flag, metavar, text in EVALUATE_OPTIONS:
-        parser.add_argument(flag, metavar=metavar, help=text)
+        parser.add_argument(*both(flag), dest=flag.lstrip("-"), metavar=metavar, help=text)
     return parser
 
 
@@ -137,93 +128,6 @@ def _evaluate(argv: list[str]) -> int:
         name = Path(known.model.rstrip("/")).name or "model"
         forwarded += ["--output_dir", f"eval-{name}"]
     return train(forwarded + rest)
-
-
-# predict ------------------------------------------------------------------------------------------------------------
-
-
-def _image_files(paths: list[str]) -> tuple[list[str], list[str]]:
-    """The images named or found (recursively) in folders, in order; and the arguments that are neither."""
-    from .data.folders import list_images
-
-    files, missing = [], []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            found = list_images(path)
-            files += [str(p) for p in found]
-            if not found:
-                missing.append(f"{name}: a folder without images")
-        elif path.is_file():
-            files.append(name)
-        else:
-            missing.append(f"{name}: no such file or folder")
-    return files, missing
-
-
-def _format_prediction(prediction, width: int) -> str:
-    if prediction.error:
-        return f"{prediction.file}: cannot read it ({prediction.error})"
-    lines = [f"{prediction.file}  computation time {prediction.seconds * 1000:.1f} ms"]
-    lines += [f"  {label:<{width}}  {score:.4f}" for label, score in zip(prediction.labels, prediction.scores)]
-    return "\n".join(lines)
-
-
-def _predict(args: argparse.Namespace) -> int:
-    import time
-
-    import torch
-    import transformers
-    from tqdm.auto import tqdm
-
-    from .errors import HfResnetError
-    from .hub import settle_offline_mode
-    from .inference import Classifier
-    from .reports.predictions import PredictionsCsv
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()  # "Loading weights" would come before every answer
-    files, missing = _image_files(args.images)
-    for line in missing:
-        print(line, file=sys.stderr)
-    if not files:
-        print("hf-resnet predict: no image to predict; pass image files or folders that hold images.", file=sys.stderr)
-        return 2
-    settle_offline_mode([args.model])  # no Hub: a cached model loads at once, a missing one fails at once
-    try:
-        device = torch.device(args.device) if args.device else None
-        classifier = Classifier.load(args.model, device=device, revision=args.revision, token=args.token,
-                                     allow_pickle_weights=args.allow_pickle_weights)
-    except (HfResnetError, RuntimeError) as err:
-        print(f"hf-resnet predict: {err}", file=sys.stderr)
-        return 2
-    k = min(args.top_k, len(classifier.labels))
-    width = max(len(label) for label in classifier.labels)
-    classifier.warm_up()  # not billed to the first image
-    output = PredictionsCsv(args.output, k) if args.output else None
-    progress = tqdm(total=len(files), unit="image", file=sys.stderr,
-                    disable=len(files) <= args.batch_size or not sys.stderr.isatty())
-    failed, start = 0, time.perf_counter()
-    try:
-        for index, prediction in enumerate(classifier.predict_files(files, k=k, batch_size=args.batch_size,
-                                                                    max_pixels=args.max_image_pixels or None,
-                                                                    on_batch=progress.update)):
-            failed += prediction.error is not None
-            progress.write(_format_prediction(prediction, width), file=sys.stdout)
-            if output is not None:
-                output.write(index, prediction.file, "", prediction.labels, prediction.scores, prediction.error or "")
-    finally:
-        progress.close()
-        if output is not None:
-            output.close()
-    seconds = time.perf_counter() - start
-    read = len(files) - failed
-    print(f"{read} image(s) in {seconds:.2f} s: {1000 * seconds / max(read, 1):.1f} ms per image including decoding "
-          f"(batch {args.batch_size}, {classifier.device}"
-          + (f", {torch.get_num_threads()} CPU thread(s))" if classifier.device.type == "cpu" else ")")
-          + (f"; {failed} could not be read" if failed else "")
-          + (f"; written to {args.output}" if args.output else ""))
-    return 1 if failed or missing else 0
 
 
 # export -------------------------------------------------------------------------------------------------------------
@@ -278,15 +182,15 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
                         "needs --calibration or --eval-dir")
     parser.add_argument("--output", metavar="DIR", help="folder to write (default: ./<model folder name>-onnx)")
     parser.add_argument("--calibration", metavar="DIR", help="images to calibrate int8 on (searched recursively)")
-    parser.add_argument("--calibration-images", "--calibration_images", dest="calibration_images", type=_positive,
+    parser.add_argument(*both("--calibration-images"), dest="calibration_images", type=positive,
                         default=128, metavar="N", help="images calibrated on, spread over the folder (default 128)")
-    parser.add_argument("--eval-dir", "--eval_dir", dest="eval_dir", metavar="DIR", help="labelled folder (class "
+    parser.add_argument(*both("--eval-dir"), dest="eval_dir", metavar="DIR", help="labelled folder (class "
                         "sub-folders): top-1 of fp32 and int8 and the share of changed top-1 are printed")
     parser.add_argument("--atol", type=float, default=1e-4, metavar="X",
                         help="largest |logit difference| to PyTorch allowed for the fp32 model (default 1e-4)")
     parser.add_argument("--revision", default="main", metavar="REV", help="branch, tag or commit of a Hub model")
     parser.add_argument("--token", metavar="TOKEN", help="Hub token for a gated or private model")
-    parser.add_argument("--allow_pickle_weights", action="store_true", help="also load weights stored only as "
+    parser.add_argument(*both("--allow_pickle_weights"), action="store_true", help="also load weights stored only as "
                         "pickle (pytorch_model.bin), which can run code: only for models you trust")
     parser.set_defaults(run=_export)
 
@@ -299,27 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_arguments(commands.add_parser(
         "evaluate", help="write the full evaluation report for a model, without training",
         description=EVALUATE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
-    predict = commands.add_parser(
-        "predict", help="top-k labels, probabilities and time per image for image files or folders",
-        description="Print each image's top-k labels with their probabilities and its computation time (decoding, "
-        "preprocessing and its share of the batch's forward pass). Folders are searched recursively and predicted "
-        "in batches. A file that cannot be read gets its own line and exit code 1; the others are still predicted.")
-    predict.add_argument("model", metavar="MODEL", help="local model folder or Hub id (from the cache when "
-                         "HF_HUB_OFFLINE=1)")
-    predict.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files and/or folders")
-    predict.add_argument("--top_k", type=_positive, default=5, metavar="K", help="labels shown per image (default 5)")
-    predict.add_argument("--batch_size", type=_positive, default=16, metavar="N",
-                         help="images per forward pass (default 16)")
-    predict.add_argument("--output", metavar="CSV", help="also write every prediction to this CSV file (columns: "
-                         "index, file, true_label (empty), predicted_label, score, topK labels and scores, skipped)")
-    predict.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    predict.add_argument("--revision", default="main", metavar="REV", help="branch, tag or commit of a Hub model")
-    predict.add_argument("--token", metavar="TOKEN", help="Hub token for a gated or private model")
-    predict.add_argument("--allow_pickle_weights", action="store_true", help="also load weights stored only as "
-                         "pickle (pytorch_model.bin), which can run code: only for models you trust")
-    predict.add_argument("--max-image-pixels", dest="max_image_pixels", type=_pixels, default=DEFAULT_MAX_PIXELS,
-                         metavar="N", help=f"refuse images over N pixels (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
-    predict.set_defaults(run=_predict)
+    add_predict_command(commands)
     add_demo_command(commands)
     _export_arguments(commands.add_parser(
         "export", help="ONNX (--onnx) and int8 (--int8) models for ONNX Runtime, checked against PyTorch",
@@ -331,9 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("data", metavar="DATA", help="the dataset folder")
     audit.add_argument("--json", metavar="PATH", help="where to write the JSON report (default: ./audit.json; "
                        "`-`: standard output; never inside DATA)")
-    audit.add_argument("--max-image-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
+    audit.add_argument(*both("--max-image-pixels"), type=pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
                        help=f"refuse images over N pixels as training does (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     audit.set_defaults(run=_audit)
+    from .sweep.command import DESCRIPTION, add_arguments  # argparse only: --help stays fast
+
+    add_arguments(commands.add_parser("sweep", help="search hyperparameters with Optuna over any train field",
+                                      description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -342,6 +230,7 @@ def train(argv: list[str] | None = None) -> int:
     and exit code 2, not a traceback. `--help` answers before the training code is imported."""
     from .errors import HfResnetError
     from .parser import parse_args
+    from .training.distributed import end_process_group
     from .training.preemption import Preempted
 
     try:
@@ -350,13 +239,13 @@ def train(argv: list[str] | None = None) -> int:
         from .run import main as run
 
         run(*arguments)
-        _end_distributed()
+        end_process_group()
     except HfResnetError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except Preempted as stop:
         print(f"\n{stop}", file=sys.stderr)
-        _end_distributed()
+        end_process_group()
         raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
         _interrupted(arguments[-1].output_dir if "arguments" in locals() else None)
@@ -371,14 +260,6 @@ def _check_environment() -> None:
     if problem := decoder_choice_problem():
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
-
-
-def _end_distributed() -> None:
-    """Leave the process group cleanly (a gloo process that exits with it open can abort at exit)."""
-    import torch.distributed
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 def _interrupted(output_dir: str | None) -> None:
@@ -396,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # the recipe parser owns every flag after `train`
         return train(argv[1:])
+    if argv[:1] == ["sweep"]:  # its own options, then any `train` field, for every trial
+        from .sweep.command import main as sweep
+        return sweep(argv[1:])
     if argv[:1] == ["evaluate"]:  # its own flags, then any `train` field, for the recipe parser
         return _evaluate(argv[1:])
     args = build_parser().parse_args(argv)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .constants import DEFAULT_MAX_PIXELS
+from .flags import boolean, both, pixels, port
 
 DESCRIPTION = """\
 Serve MODEL as a web page (Gradio): upload, paste or photograph an image and read its top-5 classes with their
@@ -26,24 +27,6 @@ of serving, and --push uploads it. Needs the demo extra: pip install "hf-resnet[
 """
 
 
-def _boolean(text: str) -> bool:
-    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-    return text.lower() in ("true", "1", "yes")
-
-
-def _pixels(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels (0: no limit)")
-    return int(text)
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
-    return int(text)
-
-
 def add_command(commands) -> argparse.ArgumentParser:
     """`hf-resnet demo` in the command line's sub-commands (`cli.build_parser`)."""
     return add_arguments(commands.add_parser(
@@ -54,30 +37,30 @@ def add_command(commands) -> argparse.ArgumentParser:
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("model", metavar="MODEL", help="local model folder or Hub id (from the cache when "
                         "HF_HUB_OFFLINE=1), e.g. outputs/digits-smoke")
-    parser.add_argument("--port", type=_port, default=7860, help="port to serve on (default 7860)")
+    parser.add_argument("--port", type=port, default=7860, help="port to serve on (default 7860)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine "
                         "only; 0.0.0.0 serves every network it is on)")
     parser.add_argument("--examples", metavar="DIR", help="images for the examples gallery (default: from the "
                         "model's evaluation report, report/<split>/predictions_<split>.csv)")
-    parser.add_argument("--share", type=_boolean, default=False, metavar="true|false",
+    parser.add_argument("--share", type=boolean, default=False, metavar="true|false",
                         help="also open a public https://*.gradio.live link (default false)")
-    parser.add_argument("--max_file_size", default="20mb", metavar="SIZE", help="largest upload (default 20mb)")
-    parser.add_argument("--max-image-pixels", "--max_image_pixels", dest="max_image_pixels", type=_pixels,
+    parser.add_argument(*both("--max_file_size"), default="20mb", metavar="SIZE", help="largest upload (default 20mb)")
+    parser.add_argument(*both("--max-image-pixels"), dest="max_image_pixels", type=pixels,
                         default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"refuse images over N pixels (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     parser.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--space", metavar="DIR", help="write a Hugging Face Space folder for the model instead of "
                         "serving")
-    parser.add_argument("--hub_model_id", metavar="OWNER/NAME", help="the model's Hub id the Space loads "
+    parser.add_argument(*both("--hub_model_id"), metavar="OWNER/NAME", help="the model's Hub id the Space loads "
                         "(default: MODEL, when it is a Hub id)")
     parser.add_argument("--push", action="store_true", help="with --space: create or update the Space on the Hub, "
                         "with the token you are logged in with (or --token)")
-    parser.add_argument("--space_id", metavar="[OWNER/]NAME", help="the Space to push to (default: "
+    parser.add_argument(*both("--space_id"), metavar="[OWNER/]NAME", help="the Space to push to (default: "
                         "<model name>-demo in your namespace)")
     parser.add_argument("--private", action="store_true", help="create the Space private")
     parser.add_argument("--revision", default="main", metavar="REV", help="branch, tag or commit of a Hub model")
     parser.add_argument("--token", metavar="TOKEN", help="Hub token for a gated or private model, or the push")
-    parser.add_argument("--allow_pickle_weights", action="store_true", help="also load weights stored only as "
+    parser.add_argument(*both("--allow_pickle_weights"), action="store_true", help="also load weights stored only as "
                         "pickle (pytorch_model.bin), which can run code: only for models you trust")
     parser.set_defaults(run=run)
     return parser

@@ -33,6 +33,7 @@ from .strategy_config import StrategyArguments
 RECIPES = Path(__file__).parent / "recipes"
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, StrategyArguments, FinetuneTrainingArguments)
 NONE_IS_A_VALUE = {"report_to"}  # `--report_to none` means "no tracker", as transformers documents it
+SPACE_SUFFIX = "_sweep"  # recipes/<folder>/<name>_sweep.yaml: a search space (`hf-resnet sweep --space`), no recipe
 DATA_SOURCES = {"hub": ("dataset_name", "dataset_config_name"), "folders": ("train_dir", "validation_dir")}
 # The TrainingArguments fields `--help` shows; `--help-all` shows the other ~90.
 TRAINER_FIELDS = (
@@ -60,28 +61,32 @@ def make_parser() -> RecipeParser:
 # Recipes -----------------------------------------------------------------------------------------------------------
 
 
-def shipped_recipes() -> list[str]:
-    """Names of the recipes inside the package, as `--config` takes them (`smoke/digits_smoke`)."""
-    return sorted(p.relative_to(RECIPES).with_suffix("").as_posix() for p in RECIPES.rglob("*.yaml"))
+def shipped_recipes(kind: str = "recipe") -> list[str]:
+    """Names of the recipes inside the package, as `--config` takes them (`smoke/digits_smoke`); with
+    `kind="space"`, the search spaces of `hf-resnet sweep --space` (`smoke/digits_sweep`), shipped beside them."""
+    names = sorted(p.relative_to(RECIPES).with_suffix("").as_posix() for p in RECIPES.rglob("*.yaml"))
+    return [name for name in names if name.endswith(SPACE_SUFFIX) == (kind == "space")]
 
 
-def find_recipe(name: str | Path) -> Path:
+def find_recipe(name: str | Path, kind: str = "recipe") -> Path:
     """A recipe path as given, else the shipped recipe of that name (`smoke/digits_smoke`, with or without
-    `.yaml`, with or without a leading `recipes/`)."""
+    `.yaml`, with or without a leading `recipes/`); `kind="space"` looks among the shipped search spaces."""
     path = Path(name)
     if path.is_file():
         return path
     relative = Path(*path.parts[1:]) if path.parts[:1] == ("recipes",) else path
     for candidate in (RECIPES / relative, RECIPES / relative.with_suffix(".yaml")):
-        if candidate.is_file() and RECIPES in candidate.resolve().parents:
+        if candidate.is_file() and RECIPES in candidate.resolve().parents and \
+                candidate.stem.endswith(SPACE_SUFFIX) == (kind == "space"):
             return candidate
+    flag, what = ("--space", "search space") if kind == "space" else ("--config", "recipe")
     raise ConfigError(
-        f"Recipe {str(name)!r} is neither a YAML file nor a shipped recipe; pass --config with a path, or one of: "
-        f"{', '.join(shipped_recipes())}."
+        f"{what.capitalize()} {str(name)!r} is neither a YAML file nor a shipped {what}; pass {flag} with a path, or "
+        f"one of: {', '.join(shipped_recipes(kind))}."
     )
 
 
-def _fields() -> dict[str, tuple[type, dataclasses.Field]]:
+def argument_fields() -> dict[str, tuple[type, dataclasses.Field]]:
     """Every field the parser owns: name -> (its dataclass, the field)."""
     return {f.name: (dtype, f) for dtype in ARGUMENT_CLASSES for f in dataclasses.fields(dtype) if f.init}
 
@@ -95,7 +100,7 @@ def read_recipe(path: str | Path) -> dict:
         raise ConfigError(f"Recipe {str(path)!r} is not valid YAML ({first_line(err)}).") from err
     if not isinstance(values, dict):
         raise ConfigError(f"Recipe {str(path)!r} must be a mapping of field: value, got {type(values).__name__}.")
-    known = _fields()
+    known = argument_fields()
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
@@ -129,7 +134,7 @@ def _is_optional(dtype: type, name: str) -> bool:
 
 def _pop_nulls(argv: list[str]) -> dict[str, None]:
     """Remove `--field null` (`none`, `~`, empty) from argv for optional fields; return them as None defaults."""
-    known, nulls, i = _fields(), {}, 0
+    known, nulls, i = argument_fields(), {}, 0
     while i < len(argv):
         arg = argv[i]
         name, value, width = arg[2:], argv[i + 1] if i + 1 < len(argv) else None, 2
@@ -184,7 +189,7 @@ def parse_args(argv: list[str] | None = None):
     except (ValueError, TypeError) as err:  # a dataclass's own checks (TrainingArguments raises ValueError)
         raise ConfigError(first_line(err)) from err
     if unknown:
-        close = difflib.get_close_matches(unknown[0].lstrip("-"), sorted(_fields()), n=1)
+        close = difflib.get_close_matches(unknown[0].lstrip("-"), sorted(argument_fields()), n=1)
         hint = f" Did you mean --{close[0]}?" if close else ""
         raise ConfigError(f"Unknown command-line arguments {unknown}.{hint} Run with --help for the fields.")
     check_arguments(*arguments)  # the checks across dataclasses, before anything loads

@@ -161,9 +161,10 @@ def write_reports(trainer: ImageClassificationTrainer, head_labels: list[str], o
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
-         training_args: FinetuneTrainingArguments) -> dict:
-    """The whole run; returns its metrics. Kept whole: it is the run's spine, read top to bottom as the steps of
-    the module docstring, each a named function (as alignment-handbook's and trl's scripts read)."""
+         training_args: FinetuneTrainingArguments, callbacks: list | None = None) -> dict:
+    """The whole run; returns its metrics. `callbacks`: the caller's own `TrainerCallback`s (`hf-resnet sweep`
+    reports each evaluation to its trial with one). Kept whole: it is the run's spine, read top to bottom as the
+    steps of the module docstring, each a named function (as alignment-handbook's and trl's scripts read)."""
     # Logging, seed, the checks across fields, and whether the Hub answers -----------------------------------------
     setup_logging(training_args)
     set_seed(training_args.seed)
@@ -206,7 +207,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
         eval_dataset=eval_set if training_args.do_eval else None, processing_class=processor,
         strategy=strategy, normalizer=normalizer, device_decoder=device_decoder,
         describe_examples=functools.partial(file_names, train_set),
-        split_sizes=data.sizes, max_skipped_share=data_args.max_skipped_share,
+        split_sizes=data.sizes, max_skipped_share=data_args.max_skipped_share, callbacks=callbacks,
     )
 
     # Train, evaluate, test ----------------------------------------------------------------------------------------

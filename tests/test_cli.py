@@ -169,3 +169,17 @@ def test_a_jpeg_decoder_the_environment_asks_for_that_does_not_load_is_an_error_
     with pytest.raises(SystemExit) as exit_info:  # every command checks it, not only train
         main(["predict", "some-model", "an-image.jpg"])
     assert exit_info.value.code == 2 and capsys.readouterr().err.startswith("error: HF_RESNET_JPEG_DECODER='x'")
+
+
+def test_every_sub_command_takes_both_spellings_of_every_flag():
+    """`--max_image_pixels` and `--max-image-pixels` alike, in every sub-command (as `hf-resnet train` takes them)."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in commands.choices.items():
+        flags = {flag for action in sub._actions for flag in action.option_strings if flag.startswith("--")}
+        for flag in flags:
+            swapped = "--" + (flag[2:].replace("_", "-") if "_" in flag else flag[2:].replace("-", "_"))
+            if swapped not in flags:
+                missing.append(f"{name} {flag}")
+    assert missing == []

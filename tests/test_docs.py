@@ -231,16 +231,17 @@ def test_dotted_names_resolve():
 def test_recipes_are_shipped():
     from hf_resnet.parser import shipped_recipes
 
-    shipped = set(shipped_recipes())
+    shipped, spaces = set(shipped_recipes()), set(shipped_recipes("space"))  # spaces: hf-resnet sweep --space
     folders = "|".join(sorted({name.split("/")[0] for name in shipped}))
     unknown = []
     for where, code in all_code():
-        named = re.findall(r"--config[ =]+([^\s`]+)", code)
-        named += [code.strip()] if re.fullmatch(rf"\s*(?:{folders})/\w+\s*", code) else []
-        for name in named:
+        named = [(name, shipped) for name in re.findall(r"--config[ =]+([^\s`]+)", code)]
+        named += [(name, spaces) for name in re.findall(r"--space[ =]+([^\s`]+)", code)]
+        named += [(code.strip(), shipped | spaces)] if re.fullmatch(rf"\s*(?:{folders})/\w+\s*", code) else []
+        for name, known in named:
             if name.isupper() or name.endswith((".yaml", ".yml")) or name == "...":
                 continue  # a placeholder (RECIPE) or the user's own file
-            if name not in shipped:
+            if name not in known:
                 unknown.append(f"{where}: {name}")
     assert unknown == []
 

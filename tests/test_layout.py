@@ -11,19 +11,22 @@ PACKAGE = Path(hf_resnet.__file__).parent
 
 # Bottom to top; a module may import from any earlier layer, never from its own or a later one.
 LAYERS = [
-    ["constants", "errors"],
-    ["bundled", "data.imagenet", "data.images", "hub", "space"],
+    ["constants", "errors", "flags"],
+    ["bundled", "data.imagenet", "data.images", "hub", "space", "sweep.study"],
     ["training.alignment", "training.preemption", "data.folders"],
     ["configs", "strategy_config"],
     ["settings", "data.loading", "data.transforms", "data.skips", "training.metrics", "training.checkpoints",
      "training.losses", "training.optim"],
     ["parser", "data.gpu_decode", "training.ema", "training.modeling", "training.preflight", "training.balance"],
-    ["data.inputs"],
+    ["data.inputs", "sweep.space"],
     ["training.strategies", "inference", "reports.model_card", "reports.predictions", "data.audit",
      "reports.confusion", "reports.plots", "reports.gradcam"],
-    ["training.callbacks", "training.distributed", "reports.evaluation", "export", "demo"],
-    ["trainer", "demo_cli"],
+    ["training.callbacks", "training.distributed", "reports.evaluation", "export", "demo", "sweep.outputs"],
+    ["trainer", "demo_cli", "predict_cli"],
     ["run"],
+    ["sweep.trial"],
+    ["sweep.runner"],
+    ["sweep.command"],
     ["cli"],
 ]
 

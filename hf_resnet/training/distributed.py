@@ -33,6 +33,12 @@ EXAMPLE_LOG_DIR = "example_ids"
 MIN_PROCESS_BATCH = 2  # BatchNorm in training mode needs more than one value per channel
 
 
+def end_process_group() -> None:
+    """Leave the process group cleanly (a gloo process that exits with it open can abort at exit)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def padding_index(index: int) -> int:
     """The sampler's code for 'example `index`, as padding' (negative, so no real index collides with it)."""
     return -1 - int(index)

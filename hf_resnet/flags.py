@@ -1,0 +1,43 @@
+"""Command-line flag helpers every sub-command shares: both spellings of a flag, and the value types.
+
+Only argparse: the sub-commands' parsers (`cli`, `predict_cli`, `demo_cli`, `sweep.command`) import it at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def both(*flags: str) -> list[str]:
+    """Each flag as given and with `_` and `-` swapped (`--top_k` and `--top-k`): every sub-command accepts both
+    spellings, as `hf-resnet train` does."""
+    spelled = []
+    for flag in flags:
+        for name in (flag, "--" + flag[2:].replace("_", "-"), "--" + flag[2:].replace("-", "_")):
+            if name not in spelled:
+                spelled.append(name)
+    return spelled
+
+
+def pixels(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels (0: no limit)")
+    return int(text)
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def boolean(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return text.lower() in ("true", "1", "yes")
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
