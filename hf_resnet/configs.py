@@ -1,5 +1,5 @@
-"""Argument dataclasses: what to load (model), what to train on (data), and the Trainer's own arguments; how to
-fine-tune (the strategy) has its own module, `strategy_config.py`.
+"""Argument dataclasses: what to train on (data) and the Trainer's own arguments; what to load (the model) is in
+`model_config.py` (re-exported here) and how to fine-tune (the strategy) in `strategy_config.py`.
 
 Every field carries help text; the YAML recipes (`hf_resnet/recipes/`) set them, command-line flags override them
 (see `parser.py`). Cross-field checks live in `__post_init__` so a bad recipe fails before any data or weights are
@@ -15,101 +15,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from .bundled import bundled_names, check_bundled
-from .constants import BUNDLED_PREFIX, DEFAULT_MAX_PIXELS, is_null
+from .bundled import check_bundled
+from .constants import BUNDLED_PREFIX, DEFAULT_MAX_PIXELS
 from .errors import ConfigError
-from .training.alignment import read_class_map
+from .model_config import ModelArguments  # noqa: F401 (re-exported: `configs` holds all three)
 from .training.preemption import parse_stop_signals
-
-
-@dataclass
-class ModelArguments:
-    """Parameters that control which model is fine-tuned and how its head is set up."""
-
-    model_name_or_path: str | None = field(
-        default="microsoft/resnet-50",
-        metadata={
-            "help": "Hub id or local folder of the checkpoint to fine-tune. Set to null to build from `config_name`."
-        },
-    )
-    config_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Config (hub id, folder, or `bundled:<name>`) to build a randomly initialised model from, "
-            "used when `model_name_or_path` is null (as run_clm.py does)."
-        },
-    )
-    image_processor_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Image processor (hub id, folder or `bundled:<name>`); defaults to the model's or config's own."
-        },
-    )
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the checkpoint."})
-    license: str | None = field(
-        default=None,
-        metadata={
-            "help": "Model card license, e.g. mit (default: the base model's)."
-        },
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
-    token: str | None = field(
-        default=None,
-        metadata={
-            "help": "Hub token for gated models and datasets (ILSVRC/imagenet-1k); defaults to the logged-in one."
-        },
-    )
-
-    head_from_checkpoint_rows: bool = field(
-        default=True,
-        metadata={"help": "When the data's classes are some of the checkpoint's (e.g. 10 ImageNet classes), start "
-                          "the new head from those rows of the pretrained classifier instead of random weights."},
-    )
-
-    class_map: str | None = field(
-        default=None,
-        metadata={"help": "Each dataset class's class of the checkpoint, by row index, synset id or name: a YAML "
-                          "mapping in the recipe ({cat: 281, dog: Chihuahua}), inline YAML/JSON on the command line, "
-                          "or a .yaml/.json file. Starts the new head from those rows, or evaluates the pretrained "
-                          "head on them (`do_train: false`). Classes left out are matched by synset id or name."},
-    )
-
-    channels_last: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Lay the weights and each batch out channels-last (NHWC), which GPU convolutions run fastest in "
-            "(ResNet-50 bf16 on an H200: 4,714 against 2,449 images/s). Default: on with a GPU, off on a CPU."
-        },
-    )
-
-    cudnn_benchmark: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Let cuDNN time its algorithms for each convolution on the first batch of a shape and keep the "
-            "fastest (torch.backends.cudnn.benchmark). Default: on with a GPU, unless `full_determinism`."
-        },
-    )
-
-    allow_pickle_weights: bool = field(
-        default=False,
-        metadata={
-            "help": "Also load checkpoints whose weights are only in pickle format (pytorch_model.bin). Pickle can "
-            "run code when loaded: only for checkpoints you trust. By default only safetensors are loaded."
-        },
-    )
-
-    def __post_init__(self):
-        if is_null(self.model_name_or_path):
-            self.model_name_or_path = None  # `--model_name_or_path null` on the command line, as in YAML
-        if self.model_name_or_path in bundled_names("config"):  # a shipped config has no weights: build from it
-            self.model_name_or_path, self.config_name = None, self.config_name or self.model_name_or_path
-        if self.model_name_or_path is None and self.config_name is None:
-            raise ConfigError("Set `model_name_or_path` (a checkpoint) or `config_name` (a config to build from).")
-        check_bundled(self.model_name_or_path, "config", "model_name_or_path")
-        check_bundled(self.config_name, "config", "config_name")
-        check_bundled(self.image_processor_name, "processor", "image_processor_name")
-        self.class_map = read_class_map(self.class_map)  # a mapping, or a ConfigError now
-
 
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment", "autoaugment")
 
@@ -177,6 +87,15 @@ class DataArguments:
         default=DEFAULT_MAX_PIXELS,
         metadata={"help": "Skip images with more pixels than this (Pillow's decompression-bomb limit by default)."},
     )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Train and evaluate at this crop size instead of the processor's (e.g. 160 or 288); the "
+                          "saved processor says so, so pipeline() uses it too. The resize before the crop keeps "
+                          "`crop_pct`."},
+    )
+    crop_pct: float | None = field(
+        default=None, metadata={"help": "With `image_size`: the crop's share of the resized image (ResNet-50: 0.875)."}
+    )
     random_resized_crop_scale: list[float] = field(
         default_factory=lambda: [0.08, 1.0],
         metadata={"help": "Area range of RandomResizedCrop in training (torchvision's default is 0.08-1.0)."},
@@ -236,6 +155,10 @@ class DataArguments:
                 )
             if self.test_dir:
                 raise ConfigError("`test_split` and `test_dir` both name the test split; keep one.")
+        if self.image_size is not None and not 8 <= self.image_size <= 2048 or self.crop_pct is not None and not \
+                0 < self.crop_pct <= 1:
+            raise ConfigError(f"`image_size` must be 8-2048 pixels and `crop_pct` in (0, 1]; got {self.image_size}, "
+                              f"{self.crop_pct}.")
         scale = self.random_resized_crop_scale
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ConfigError(f"`random_resized_crop_scale` must be [min, max] with 0 < min <= max <= 1, got {scale}.")

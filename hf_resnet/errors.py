@@ -28,6 +28,10 @@ class NonFiniteLossError(HfResnetError, FloatingPointError):
     """The training loss became NaN or infinite; the message names the step and the batch's images."""
 
 
+class DiskFullError(HfResnetError, OSError):
+    """A checkpoint could not be written for want of space; the previous complete one is untouched."""
+
+
 class ExportError(HfResnetError, RuntimeError):
     """An export that cannot be made (a missing extra, no calibration images) or that failed its parity check."""
 

@@ -74,12 +74,13 @@ def run(args: argparse.Namespace) -> int:
     output = PredictionsCsv(args.output, k) if args.output else None
     progress = tqdm(total=len(files), unit="image", file=sys.stderr,
                     disable=len(files) <= args.batch_size or not sys.stderr.isatty())
-    failed, start = 0, time.perf_counter()
+    failed, read_seconds, start = 0, 0.0, time.perf_counter()
     try:
         for index, prediction in enumerate(classifier.predict_files(files, k=k, batch_size=args.batch_size,
                                                                     max_pixels=args.max_image_pixels or None,
                                                                     on_batch=progress.update)):
             failed += prediction.error is not None
+            read_seconds += prediction.seconds if prediction.error is None else 0.0
             progress.write(_format_prediction(prediction, width), file=sys.stdout)
             if output is not None:
                 output.write(index, prediction.file, "", prediction.labels, prediction.scores, prediction.error or "")
@@ -89,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
             output.close()
     seconds = time.perf_counter() - start
     read = len(files) - failed
-    print(f"{read} image(s) in {seconds:.2f} s: {1000 * seconds / max(read, 1):.1f} ms per image including decoding "
+    # per image: the images read (their decoding, preprocessing and share of the forward), not the failed files
+    print(f"{read} image(s) in {seconds:.2f} s: {1000 * read_seconds / max(read, 1):.1f} ms per image including "
+          "decoding "
           f"(batch {args.batch_size}, {classifier.device}"
           + (f", {torch.get_num_threads()} CPU thread(s))" if classifier.device.type == "cpu" else ")")
           + (f"; {failed} could not be read" if failed else "")

@@ -27,7 +27,7 @@ from .data.gpu_decode import device_decoder_for
 from .data.inputs import build_split_inputs, file_names
 from .data.loading import ImageData, load_image_data
 from .data.skips import build_report, publish, skipped_indices, start_afresh
-from .data.transforms import BatchNormalizer, PreprocessConfig
+from .data.transforms import BatchNormalizer, PreprocessConfig, resize_processor
 from .hub import settle_offline_mode
 from .inference import Classifier
 from .reports.evaluation import start_report, write_split_report, write_training_curves
@@ -39,9 +39,15 @@ from .training.checkpoints import fix_file_modes, is_complete, resume_checkpoint
 from .training.modeling import build_model, head_alignment, label_remap, load_config, load_image_processor
 from .training.preemption import Preempted
 from .training.preflight import check_run
+from .training.run_lock import lock_output_dir
 from .training.strategies import plan_strategy
 
 logger = logging.getLogger("hf_resnet.run")
+
+
+def _not_mtime(record: logging.LogRecord) -> bool:
+    """Checkpoints that save within a second of each other are sorted by number, as wanted: no warning needed."""
+    return not str(record.msg).startswith("mtime may not be reliable")
 
 
 def setup_logging(training_args: FinetuneTrainingArguments) -> None:
@@ -53,6 +59,10 @@ def setup_logging(training_args: FinetuneTrainingArguments) -> None:
     level = training_args.get_process_log_level()
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
+    if not sys.stderr.isatty():  # a log file reads as lines: no bars for loading weights or writing shards
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    logging.getLogger("transformers.trainer_utils").addFilter(_not_mtime)
 
 
 def load_data(data_args: DataArguments, model_args: ModelArguments, training_args) -> ImageData:
@@ -122,6 +132,8 @@ def train(trainer: ImageClassificationTrainer, last_checkpoint: str | None) -> d
 def evaluate(trainer: ImageClassificationTrainer, dataset, prefix: str) -> tuple[dict, EvalLoopOutput]:
     """Score a labeled split; also returns the gathered top-5 predictions and label ids for its report."""
     metrics, output = trainer.evaluate_with_predictions(dataset, metric_key_prefix=prefix)
+    if not trainer.args.do_train:
+        metrics.pop("epoch", None)  # nothing was trained: "epoch = 0" would only mislead
     trainer.log_metrics(prefix, metrics)
     trainer.save_metrics(prefix, metrics)
     return metrics, output
@@ -169,12 +181,13 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     setup_logging(training_args)
     set_seed(training_args.seed)
     check_arguments(model_args, data_args, strategy_args, training_args)  # before any data or weights load
+    lock = lock_output_dir(training_args)  # one run per output_dir: a second one stops here, naming this one
     settle_offline_mode([model_args.model_name_or_path, model_args.config_name, model_args.image_processor_name,
                          data_args.dataset_name])
 
     # Config and processor first: an unreachable Hub fails here, before any data is read ---------------------------
     config = load_config(model_args)
-    processor = load_image_processor(model_args)
+    processor = resize_processor(load_image_processor(model_args), data_args.image_size, data_args.crop_pct)
 
     # Data, opened (a stream reads no image yet), then the run's settings, final from here on -----------------------
     data = load_data(data_args, model_args, training_args)
@@ -237,4 +250,6 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     elif training_args.push_to_hub:
         trainer.push_report()
     trainer.accelerator.wait_for_everyone()  # no process leaves while the main one still writes (gloo aborts)
+    if lock is not None:
+        lock.release()
     return metrics

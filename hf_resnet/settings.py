@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,30 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, strate
         raise ConfigError("`cudnn_benchmark: true` picks the fastest convolution algorithms, which `full_determinism` "
                           "rules out for the same results every run; keep one.")
     strategy_args.check_with(training_args)
+    if training_args.do_train and training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        raise ConfigError(f"`num_train_epochs` is {training_args.num_train_epochs:g} and `max_steps` unset: training "
+                          "would take no step and save a random model. Set `num_train_epochs` (e.g. 3) or "
+                          "`max_steps`, or `do_train: false` to only evaluate.")
+    check_trackers(training_args.report_to)
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow",
+                    "comet_ml": "comet_ml", "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive"}
+
+
+def check_trackers(report_to) -> None:
+    """A tracker named in `report_to` whose package is missing: one line naming the install, not the Trainer's
+    traceback once the data and model have loaded."""
+    from transformers.integrations.integration_utils import get_available_reporting_integrations
+
+    wanted = [name for name in (report_to or []) if name not in ("none", "all")]
+    missing = [name for name in wanted if name not in get_available_reporting_integrations()]
+    if missing:
+        packages = " ".join(TRACKER_PACKAGES.get(name, name) for name in missing)
+        extra = ' pip install "hf-resnet[track]" (tensorboard and trackio), or' if set(missing) <= {
+            "tensorboard", "trackio"} else ""
+        raise ConfigError(f"`report_to` {', '.join(missing)}: not installed here. Install it:{extra} pip install "
+                          f"{packages}; or `--report_to none`.")
 
 
 # Derived settings --------------------------------------------------------------------------------------------------
@@ -141,6 +166,9 @@ def resolve_settings(model_args: ModelArguments, data_args: DataArguments, strat
     changes = [note] if (note := cap_workers(training_args)) else []
     steps_per_epoch, stream_changes = stream_steps(data, training_args)
     changes += stream_changes
+    if not training_args.disable_tqdm and not sys.stderr.isatty():
+        training_args.disable_tqdm = True  # the Trainer prints each log line instead
+        changes.append("disable_tqdm true: the output is not a terminal, so the log reads as lines, not redrawn bars")
     if strategy_args.unfreeze_epochs and training_args.world_size > 1 and not training_args.ddp_find_unused_parameters:
         # DDP must not wait for gradients of the parts still frozen (registered, but without gradients yet)
         training_args.ddp_find_unused_parameters = True

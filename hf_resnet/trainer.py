@@ -62,7 +62,9 @@ What this relies on inside transformers / accelerate / torch (each has a test in
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer
@@ -76,6 +78,7 @@ from .data.transforms import BatchNormalizer
 from .errors import ConfigError, NonFiniteLossError
 from .reports.model_card import CardInfo, write_model_card
 from .training.callbacks import EpochCallback, FileModesCallback, SkippedImagesCallback, UnfreezeCallback
+from .training.checkpoints import disk_full, sync_folder
 from .training.distributed import ExampleLog, ProcessDataMixin
 from .training.ema import EmaTrainerMixin, WeightEma
 from .training.metrics import ComputeMetrics, reduce_logits
@@ -299,6 +302,29 @@ class ImageClassificationTrainer(EmaTrainerMixin, ProcessDataMixin, Trainer):
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
         self._eval_split = metric_key_prefix
         return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    # Checkpoints: on disk before they count as complete; a full disk in one line -----------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's, with every file fsynced before trainer_state.json (what marks it complete) is written;
+        ENOSPC stops the run with the space needed, before older checkpoints are rotated away."""
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        write_state = self.state.save_to_json
+
+        def synced_then_state(json_path: str) -> None:
+            sync_folder(folder)
+            write_state(json_path)
+            sync_folder(folder)
+
+        self.state.save_to_json = synced_then_state  # on this instance only, for this save
+        try:
+            return super()._save_checkpoint(model, trial)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise disk_full(self.args.output_dir, folder, err) from err
+            raise
+        finally:
+            del self.state.save_to_json
 
     # Final evaluations: their predictions go to the reports ----------------------------------------------------
 

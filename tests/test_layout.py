@@ -13,8 +13,9 @@ PACKAGE = Path(hf_resnet.__file__).parent
 LAYERS = [
     ["constants", "errors", "flags"],
     ["bundled", "data.imagenet", "data.images", "hub", "space", "sweep.study"],
-    ["training.alignment", "training.preemption", "data.folders"],
-    ["configs", "strategy_config"],
+    ["training.alignment", "training.preemption", "training.run_lock", "data.folders"],
+    ["model_config", "strategy_config"],
+    ["configs"],
     ["settings", "data.loading", "data.transforms", "data.skips", "training.metrics", "training.checkpoints",
      "training.losses", "training.optim"],
     ["parser", "data.gpu_decode", "training.ema", "training.modeling", "training.preflight", "training.balance"],

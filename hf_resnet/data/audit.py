@@ -83,7 +83,7 @@ def _split_report(split: str, folder: Path, root: Path, entries: list, non_image
     """entries: [(class or None, file, info)] of one split."""
     class_folders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_ignored_folder(p.name))
     classes = dict.fromkeys(class_folders, 0)
-    undecodable, modes, sizes, extreme, unlabeled, nested = [], Counter(), [], [], 0, []
+    undecodable, modes, sizes, extreme, unlabeled, nested, not_rgb = [], Counter(), [], [], 0, [], []
     for label, path, info in entries:
         name = path.relative_to(root).as_posix()
         if label is None:
@@ -96,6 +96,8 @@ def _split_report(split: str, folder: Path, root: Path, entries: list, non_image
         if label is not None:
             classes[label] += 1
         modes[info["mode"]] += 1
+        if info["mode"] != "RGB" and len(not_rgb) < 100:  # converted when read; a palette GIF may be a placeholder
+            not_rgb.append({"file": name, "mode": info["mode"], "size": list(info["size"])})
         width, height = info["size"]
         sizes.append((width, height))
         if max(width, height) > EXTREME_ASPECT * min(width, height):
@@ -112,6 +114,7 @@ def _split_report(split: str, folder: Path, root: Path, entries: list, non_image
         "nested": nested,
         "undecodable": undecodable,
         "modes": dict(modes.most_common()),
+        "not_rgb": not_rgb,
         "width": _stats([w for w, _ in sizes]),
         "height": _stats([h for _, h in sizes]),
         "extreme_aspect": extreme,
@@ -254,6 +257,8 @@ def format_report(report: dict) -> str:
     out += _listing("Duplicate files within a split", [" = ".join(g["files"]) for g in dups["within_splits"]])
     extreme = [f"{e['file']}: {e['size'][0]}x{e['size'][1]}" for s in splits.values() for e in s["extreme_aspect"]]
     out += _listing(f"Aspect ratio over {EXTREME_ASPECT:g}:1", extreme)
+    odd = [f"{o['file']}: {o['mode']} {o['size'][0]}x{o['size'][1]}" for s in splits.values() for o in s["not_rgb"]]
+    out += _listing("Not stored as RGB (converted when read; a small palette image may be a placeholder)", odd)
     out += _listing("Warnings", report["warnings"], limit=50)
     out += _listing("Problems", report["problems"], limit=50)
     ignored = f"; {report['non_image_files']} non-image file(s) ignored" if report["non_image_files"] else ""

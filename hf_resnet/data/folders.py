@@ -25,6 +25,7 @@ from ..constants import IMAGE_EXTENSIONS
 from ..errors import DataError
 from .imagenet import kaggle_labels
 
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
 MAX_STREAM_SHARDS = 1024  # a streamed folder is read in this many shards at most (split over workers, processes)
 
 
@@ -118,6 +119,15 @@ def read_folder(path: str, name: str, labeled: bool = True) -> FolderSplit:
                      "for its top-level class folder (as torchvision's ImageFolder does)")
     empty = [c for c in class_folders(folder) if c not in classes] if in_classes else []
     notes += [f"`{name}`: class folder {c!r} holds no images: the class is left out" for c in empty]
+    split_named = [c for c in classes if c.lower() in SPLIT_NAMES]
+    if name == "train_dir" and len(split_named) >= 2:
+        train = next((c for c in split_named if c.lower().startswith("train")), split_named[0])
+        others = [c for c in split_named if c != train]
+        held = next((c for c in others if c.lower().startswith("val")), others[0])
+        root = path.rstrip("/")
+        raise DataError(f"`train_dir` {path!r} holds {split_named}: split folders, not classes (a classifier of "
+                        f"{' against '.join(split_named)} would train). Pass --train_dir {root}/{train} "
+                        f"--validation_dir {root}/{held}.")
     if name == "train_dir" and len(classes) < 2:
         raise DataError(
             f"`train_dir` {path!r} has {len(classes)} class sub-folder with images ({classes}); a classifier needs "

@@ -55,6 +55,14 @@ def _load_raw(args: DataArguments, token: str | None, cache_dir: str | None):
         return (*_load_hub(args, token, cache_dir), [])
     named = (("train", train_dir, "train_dir"), ("validation", validation_dir, "validation_dir"))
     splits = {split: read_folder(folder, name) for split, folder, name in named if folder}
+    if "train" in splits and "validation" in splits:
+        unknown = sorted(set(splits["validation"].classes) - set(splits["train"].classes))
+        if unknown:
+            raise DataError(
+                f"`validation_dir` has class folder(s) that `train_dir` does not: {unknown} (train's classes: "
+                f"{splits['train'].classes[:10]}). The model could never predict them; add them to train, rename "
+                "them as train's classes, or move them out of the validation folder."
+            )
     classes = sorted(set().union(*(s.classes for s in splits.values())))
     raw = {split: folder_dataset(s, classes, args.streaming) for split, s in splits.items()}
     return raw, {split: len(s.files) for split, s in splits.items()}, [n for s in splits.values() for n in s.notes]

@@ -88,6 +88,27 @@ class PreprocessConfig:
         )
 
 
+def resize_processor(processor, image_size: int | None, crop_pct: float | None = None):
+    """`processor` set to crop `image_size` pixels (timm's --img-size, fastai's Resize): the saved processor then
+    says so, and pipeline() preprocesses as training did. ConvNext style (microsoft/resnet-*): shortest_edge and
+    crop_pct; BiT style: the short side to image_size / crop_pct, then the crop; ViT style: a fixed size."""
+    if image_size is None and crop_pct is None:
+        return processor
+    size = dict(processor.size or {})
+    edge = image_size or int(size.get("shortest_edge") or size.get("height"))
+    if "shortest_edge" in size and getattr(processor, "crop_pct", None) is not None:
+        processor.size = {"shortest_edge": edge}
+        processor.crop_pct = crop_pct or processor.crop_pct
+    elif "shortest_edge" in size:
+        processor.size = {"shortest_edge": int(edge / (crop_pct or 0.875))}
+        processor.crop_size, processor.do_center_crop = {"height": edge, "width": edge}, True
+    else:
+        processor.size = {"height": edge, "width": edge}
+        if getattr(processor, "do_center_crop", False):
+            processor.crop_size = {"height": edge, "width": edge}
+    return processor
+
+
 def _shortest_edge_size(height: int, width: int, edge: int) -> tuple[int, int]:
     # Same arithmetic as transformers' get_resize_output_image_size (int(), not round()).
     short, long = (width, height) if width <= height else (height, width)

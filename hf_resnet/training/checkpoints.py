@@ -12,9 +12,10 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DiskFullError
 
 logger = logging.getLogger(__name__)
 
@@ -144,3 +145,36 @@ def check_labels(checkpoint: str, labels: list[str]) -> None:
             f"data now has {labels[:10]}{'...' if len(labels) > 10 else ''}. Use a new `output_dir`, or "
             "`--resume_from_checkpoint false` to start afresh."
         )
+
+
+# Writing a checkpoint: on disk before it counts as complete; a full disk said in one line ------------------------
+
+
+def sync_folder(folder: str | Path) -> None:
+    """fsync every file under `folder` and the folder itself: what was written is on disk, not only in the page
+    cache, before the checkpoint is marked complete (its trainer_state.json)."""
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def folder_bytes(folder: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def disk_full(output_dir: str | Path, folder: str | Path, err: OSError) -> DiskFullError:
+    """The one-line error for a checkpoint that did not fit, with the space it needs (the last complete
+    checkpoint's size, else what was written before the disk filled)."""
+    previous = last_complete_checkpoint(output_dir, needs_optimizer=False, set_aside=False)
+    needed = folder_bytes(previous) if previous else folder_bytes(folder) if Path(folder).is_dir() else 0
+    free = shutil.disk_usage(output_dir).free
+    kept = f"{previous} is complete and a rerun resumes from it" if previous else "no earlier checkpoint exists"
+    return DiskFullError(f"The disk filled while writing {folder} ({err.strerror}): a checkpoint needs about "
+                         f"{needed / 2**20:,.0f} MB and {free / 2**20:,.0f} MB are free under {output_dir}. Free "
+                         f"some space (or lower `save_total_limit`) and rerun the same command; {kept}.")

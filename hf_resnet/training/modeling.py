@@ -10,8 +10,10 @@ a new, random head of the right size replaces it. What is frozen and how each pa
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -65,7 +67,22 @@ def _load_error(name: str, what: str, err: Exception) -> ModelLoadError:
     if os.path.isdir(name):
         reason = first_line(err, with_type=True)
         return ModelLoadError(f"{name!r} is a folder but holds no readable {what} ({reason}).")
+    if (missing := _missing_folder(name)) is not None:
+        return missing
     return _hub_error(name, err)
+
+
+def _missing_folder(name: str) -> ModelLoadError | None:
+    """A name that reads as a local path (./x, /x, ~/x, or x/y whose x/ is here) but is no folder: a typo in a
+    path, not a Hub id; names the folders beside it that come close."""
+    path = Path(name).expanduser()
+    parent = path.parent
+    local = name.startswith((".", "/", "~")) or (str(parent) not in ("", ".") and parent.is_dir())
+    if not local or not parent.is_dir():
+        return None
+    close = difflib.get_close_matches(path.name, sorted(p.name for p in parent.iterdir() if p.is_dir()), n=3)
+    hint = f" Did you mean {', '.join(repr(str(parent / c)) for c in close)}?" if close else ""
+    return ModelLoadError(f"No model folder {name!r}: {str(parent)!r} has no {path.name!r}.{hint}")
 
 
 def _hub_kwargs(args: ModelArguments) -> dict:

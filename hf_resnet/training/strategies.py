@@ -312,7 +312,8 @@ def plan_strategy(model: nn.Module, args: StrategyArguments, training_args, data
     if args.head_dropout:
         add_head_dropout(model, args.head_dropout)
     names = [name for name, _ in model.named_parameters()]
-    logger.info("Strategy: %s", strategy.plan.describe(names))
+    if training_args.do_train:  # an evaluation-only run trains nothing: no plan to tell
+        logger.info("Strategy: %s", strategy.plan.describe(names))
     if training_args.do_train and data is not None and data.train is not None:
         _class_balance(strategy, data, training_args.seed)
     return strategy
