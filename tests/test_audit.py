@@ -65,6 +65,9 @@ def test_audit_reports_each_problem(problem_folder):
     assert validation["missing_from_train"] == ["purple"]
 
     assert train["modes"] == {"RGB": 11, "CMYK": 1, "P": 1} and validation["modes"] == {"RGB": 9}
+    assert {(o["file"], o["mode"]) for o in train["not_rgb"]} == {("train/red/cmyk.jpg", "CMYK"),
+                                                                  ("train/green/palette.png", "P")}
+    assert "train/green/palette.png: P 40x40" in format_report(report)  # named, not only counted
     assert train["extreme_aspect"] == [{"file": "train/blue/wide.png", "size": [4000, 3]}]
     assert train["width"] == {"min": 40, "median": 40, "max": 4000} and train["height"]["min"] == 3
 

@@ -183,3 +183,15 @@ def test_every_sub_command_takes_both_spellings_of_every_flag():
             if swapped not in flags:
                 missing.append(f"{name} {flag}")
     assert missing == []
+
+
+def test_a_mistyped_model_folder_is_said_so_not_sent_to_the_hub(tmp_path, monkeypatch, capsys):
+    from conftest import PHOTOS
+
+    (tmp_path / "runs" / "hymenoptera").mkdir(parents=True)
+    (tmp_path / "runs" / "hymenoptero").mkdir()
+    monkeypatch.chdir(tmp_path)
+    photo = str(next((PHOTOS / "ants").glob("*.jpg")))
+    assert main(["predict", "runs/hymenopter", photo]) == 2
+    err = capsys.readouterr().err
+    assert "No model folder 'runs/hymenopter'" in err and "'runs/hymenoptera'" in err and "hf download" not in err

@@ -115,7 +115,7 @@ def test_a_parity_failure_fails_the_export_and_keeps_no_model(model, tmp_path, m
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["{missing}", "--onnx"], "Could not load"),
+    (["{missing}", "--onnx"], "No model folder"),
     (["{model}"], "name the format: --onnx"),
     (["{model}", "--onnx", "--int8"], "--int8 calibrates on images: pass --calibration DIR"),
     (["{model}", "--onnx", "--eval-dir", "{missing}"], "is not a folder"),
