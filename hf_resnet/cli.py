@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .constants import DEFAULT_MAX_PIXELS
 from .demo_cli import add_command as add_demo_command  # argparse only: Gradio loads when the demo runs
-from .flags import both, pixels, positive
+from .flags import add_model_flags, both, pixels, positive
 from .predict_cli import add_command as add_predict_command
 
 
@@ -188,10 +188,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
                         "sub-folders): top-1 of fp32 and int8 and the share of changed top-1 are printed")
     parser.add_argument("--atol", type=float, default=1e-4, metavar="X",
                         help="largest |logit difference| to PyTorch allowed for the fp32 model (default 1e-4)")
-    parser.add_argument("--revision", default="main", metavar="REV", help="branch, tag or commit of a Hub model")
-    parser.add_argument("--token", metavar="TOKEN", help="Hub token for a gated or private model")
-    parser.add_argument(*both("--allow_pickle_weights"), action="store_true", help="also load weights stored only as "
-                        "pickle (pytorch_model.bin), which can run code: only for models you trust")
+    add_model_flags(parser)
     parser.set_defaults(run=_export)
 
 

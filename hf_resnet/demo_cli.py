@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .constants import DEFAULT_MAX_PIXELS
-from .flags import boolean, both, pixels, port
+from .flags import add_model_flags, boolean, both, pixels, port
 
 DESCRIPTION = """\
 Serve MODEL as a web page (Gradio): upload, paste or photograph an image and read its top-5 classes with their
@@ -58,10 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(*both("--space_id"), metavar="[OWNER/]NAME", help="the Space to push to (default: "
                         "<model name>-demo in your namespace)")
     parser.add_argument("--private", action="store_true", help="create the Space private")
-    parser.add_argument("--revision", default="main", metavar="REV", help="branch, tag or commit of a Hub model")
-    parser.add_argument("--token", metavar="TOKEN", help="Hub token for a gated or private model, or the push")
-    parser.add_argument(*both("--allow_pickle_weights"), action="store_true", help="also load weights stored only as "
-                        "pickle (pytorch_model.bin), which can run code: only for models you trust")
+    add_model_flags(parser, token_help="Hub token for a gated or private model, or the push")
     parser.set_defaults(run=run)
     return parser
 

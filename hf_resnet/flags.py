@@ -41,3 +41,11 @@ def port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
     return int(text)
+
+
+def add_model_flags(parser: argparse.ArgumentParser, token_help: str = "Hub token for a gated or private model"):
+    """The flags every sub-command that loads a model takes: --revision, --token, --allow_pickle_weights."""
+    parser.add_argument("--revision", default="main", metavar="REV", help="branch, tag or commit of a Hub model")
+    parser.add_argument("--token", metavar="TOKEN", help=token_help)
+    parser.add_argument(*both("--allow_pickle_weights"), action="store_true", help="also load weights stored only "
+                        "as pickle (pytorch_model.bin), which can run code: only for models you trust")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .constants import DEFAULT_MAX_PIXELS
-from .flags import both, pixels, positive
+from .flags import add_model_flags, both, pixels, positive
 
 
 def _image_files(paths: list[str]) -> tuple[list[str], list[str]]:
@@ -117,10 +117,7 @@ def add_command(commands) -> argparse.ArgumentParser:
     predict.add_argument("--output", metavar="CSV", help="also write every prediction to this CSV file (columns: "
                          "index, file, true_label (empty), predicted_label, score, topK labels and scores, skipped)")
     predict.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    predict.add_argument("--revision", default="main", metavar="REV", help="branch, tag or commit of a Hub model")
-    predict.add_argument("--token", metavar="TOKEN", help="Hub token for a gated or private model")
-    predict.add_argument(*both("--allow_pickle_weights"), action="store_true", help="also load weights stored only as "
-                         "pickle (pytorch_model.bin), which can run code: only for models you trust")
+    add_model_flags(predict)
     predict.add_argument(*both("--max-image-pixels"), dest="max_image_pixels", type=pixels, default=DEFAULT_MAX_PIXELS,
                          metavar="N", help=f"refuse images over N pixels (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
     predict.set_defaults(run=run)
