@@ -206,6 +206,10 @@ class DataArguments:
         default=0.0,
         metadata={"help": "Probability of erasing a random rectangle of the normalised image (timm uses 0.25)."},
     )
+    eval_image_size: int | None = field(
+        default=None, metadata={"help": "Evaluate at this input size instead of the processor's crop (e.g. 288)."})
+    eval_crop_pct: float | None = field(
+        default=None, metadata={"help": "Eval crop / resized short side (1.0: no margin); default: the processor's."})
     gpu_decode: bool = field(
         default=False,
         metadata={"help": "Decode JPEGs on the GPU in batches (nvJPEG) and resize, crop, flip and normalise there; "
@@ -246,6 +250,8 @@ class DataArguments:
             raise ConfigError(f"`auto_augment` must be one of {', '.join(AUTO_AUGMENTS)}, got {self.auto_augment!r}.")
         if not 0 <= self.rand_augment_magnitude <= 30:
             raise ConfigError(f"`rand_augment_magnitude` must be 0-30, got {self.rand_augment_magnitude}.")
+        if (self.eval_image_size is not None and self.eval_image_size < 1) or not 0 < (self.eval_crop_pct or 1) <= 1:
+            raise ConfigError("`eval_image_size` must be a positive size and `eval_crop_pct` in (0, 1].")
         if not 0.0 <= self.rotation_degrees <= 180.0:
             raise ConfigError(f"`rotation_degrees` must be 0-180, got {self.rotation_degrees}.")
         if self.gpu_decode:
@@ -258,6 +264,8 @@ class DataArguments:
                 )
             from .data.images import JPEG_DECODER
 
+            if self.eval_image_size or self.eval_crop_pct:
+                raise ConfigError("`eval_image_size` / `eval_crop_pct` resize on the CPU; set `gpu_decode: false`.")
             if JPEG_DECODER == "pillow":
                 chosen = os.environ.get("HF_RESNET_JPEG_DECODER")
                 raise ConfigError(
