@@ -77,6 +77,11 @@ EVALUATE_OPTIONS = (  # (flag, metavar, help): the fields people set; any other 
     ("--output_dir", "DIR", "where the report goes (default: ./eval-<model folder or repo name>)"),
     ("--per_device_eval_batch_size", "N", "images per forward pass and device (default 8)"),
     ("--max_eval_samples", "N", "score only the first N images"),
+    ("--tta", "MODE", "test-time augmentation, scored beside the plain figures (eval_tta_*): flip, five_crop, "
+     "augment (--tta_passes N training augmentations, fastai's blend)"),
+    ("--tta_passes", "N", "augmented passes of --tta augment (default 4)"),
+    ("--eval_image_size", "N", "evaluate at this input size instead of the processor's crop (e.g. 288)"),
+    ("--eval_crop_pct", "X", "with it: crop / resized short side (1.0: the whole resized image)"),
     ("--dataloader_num_workers", "N", "decoding processes (default: cores - 1, at most 16, with a GPU; 2 on a CPU)"),
     ("--token", "TOKEN", "Hub token for gated models or datasets"),
     ("--push_to_hub", "true|false", "upload report/ and the results JSON to --hub_model_id (default false)"),
@@ -102,8 +107,9 @@ def _evaluate_parser() -> argparse.ArgumentParser:
 
 EVALUATE_DESCRIPTION = """\
 Score MODEL on a labeled split without training and write the full report into --output_dir: eval_results.json,
-report/<split>/ with eval_report.json (metrics, per-class precision/recall/F1, most-confused pairs),
-confusion_matrix.csv/.png, predictions_<split>.csv, predictions_grid.png and gradcam.png.
+report/<split>/ with eval_report.json (metrics, per-class precision/recall/F1, most-confused pairs, calibration),
+confusion_matrix.csv/.png, predictions_<split>.csv, predictions_grid.png, gradcam.png, reliability_diagram.png and
+top_losses.csv/.png (the images of highest loss, with their files: mislabelled ones show up there).
 
 The model's head is kept: each of the dataset's classes is matched to one of its classes by name, by synset id
 (ImageNet's n01440764/ folders; Kaggle's flat ILSVRC/Data/CLS-LOC/val is labelled by its LOC_val_solution.csv), or

@@ -125,12 +125,25 @@ class DataArguments:
         default=0.0,
         metadata={"help": "Probability of erasing a random rectangle of the normalised image (timm uses 0.25)."},
     )
+    eval_image_size: int | None = field(
+        default=None, metadata={"help": "Evaluate at this input size instead of the processor's crop (e.g. 288)."})
+    eval_crop_pct: float | None = field(
+        default=None, metadata={"help": "Eval crop / resized short side (1.0: no margin); default: the processor's."})
     gpu_decode: bool = field(
         default=False,
         metadata={"help": "Decode JPEGs on the GPU in batches (nvJPEG) and resize, crop, flip and normalise there; "
                           "the DataLoader workers only read the files. For when the CPU cannot keep up with the GPU. "
                           "Other files (PNG, CMYK...) are decoded by the workers. Supports crop and flip only."},
     )
+
+    def _check_sizes(self) -> None:
+        """`image_size`/`crop_pct` (training and the saved processor) and `eval_image_size`/`eval_crop_pct`."""
+        if self.image_size is not None and not 8 <= self.image_size <= 2048 or self.crop_pct is not None and not \
+                0 < self.crop_pct <= 1:
+            raise ConfigError(f"`image_size` must be 8-2048 pixels and `crop_pct` in (0, 1]; got {self.image_size}, "
+                              f"{self.crop_pct}.")
+        if (self.eval_image_size is not None and self.eval_image_size < 1) or not 0 < (self.eval_crop_pct or 1) <= 1:
+            raise ConfigError("`eval_image_size` must be a positive size and `eval_crop_pct` in (0, 1].")
 
     def __post_init__(self):
         check_bundled(self.dataset_name, "dataset", "dataset_name")
@@ -155,10 +168,7 @@ class DataArguments:
                 )
             if self.test_dir:
                 raise ConfigError("`test_split` and `test_dir` both name the test split; keep one.")
-        if self.image_size is not None and not 8 <= self.image_size <= 2048 or self.crop_pct is not None and not \
-                0 < self.crop_pct <= 1:
-            raise ConfigError(f"`image_size` must be 8-2048 pixels and `crop_pct` in (0, 1]; got {self.image_size}, "
-                              f"{self.crop_pct}.")
+        self._check_sizes()
         scale = self.random_resized_crop_scale
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ConfigError(f"`random_resized_crop_scale` must be [min, max] with 0 < min <= max <= 1, got {scale}.")
@@ -181,6 +191,8 @@ class DataArguments:
                 )
             from .data.images import JPEG_DECODER
 
+            if self.eval_image_size or self.eval_crop_pct:
+                raise ConfigError("`eval_image_size` / `eval_crop_pct` resize on the CPU; set `gpu_decode: false`.")
             if JPEG_DECODER == "pillow":
                 chosen = os.environ.get("HF_RESNET_JPEG_DECODER")
                 raise ConfigError(

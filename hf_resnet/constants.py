@@ -21,6 +21,7 @@ BUNDLED_PREFIX = "bundled:"
 
 # Top-k class ids kept per evaluated example (metrics, predictions): O(examples x TOP_K) memory, not x classes.
 TOP_K = 5
+TTA_MODES = ("none", "flip", "five_crop", "augment")  # test-time augmentation (data/tta.py)
 
 # The folder under output_dir that holds the evaluation reports (one sub-folder per split) and their pictures.
 REPORT_DIR = "report"

@@ -23,7 +23,14 @@ import torch
 from .configs import ModelArguments
 from .constants import DEFAULT_MAX_PIXELS, label_names
 from .data.images import ImageDecodeError, decode_tensor
-from .data.transforms import BatchNormalizer, PreprocessConfig, build_eval_transform
+from .data.transforms import (
+    BatchNormalizer,
+    PreprocessConfig,
+    at_resolution,
+    build_eval_transform,
+    build_train_transform,
+)
+from .data.tta import TtaTransform, combine_views, view_weights
 from .errors import ModelLoadError
 from .training.alignment import Alignment
 from .training.metrics import topk_stable
@@ -49,10 +56,18 @@ def default_device() -> torch.device:
 class Classifier:
     """A classification model in eval mode with the eval transform of its image processor."""
 
-    def __init__(self, model, preprocess: PreprocessConfig, device: torch.device | str | None = None):
+    def __init__(self, model, preprocess: PreprocessConfig, device: torch.device | str | None = None,
+                 tta: str = "none", tta_passes: int = 4):
         self.model = model.eval()
         self.preprocess = preprocess
         self.transform = build_eval_transform(preprocess, normalize=False)  # uint8, normalised on the device
+        self.tta_weights = None
+        if tta != "none":  # each file becomes (K, 3, H, W) views, averaged in `logits` (data/tta.py)
+            # `augment`: the training augmentation's defaults (RandomResizedCrop 0.08-1, flip 0.5); a run's final
+            # evaluation and `hf-resnet evaluate` use the recipe's (`inputs.build_tta_split`)
+            augment = build_train_transform(preprocess, normalize=False) if tta == "augment" else None
+            self.transform = TtaTransform(preprocess, tta, tta_passes, augment)
+            self.tta_weights = view_weights(tta, tta_passes)
         self.normalizer = BatchNormalizer(preprocess)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if next(model.parameters()).device != self.device:
@@ -62,9 +77,12 @@ class Classifier:
 
     @classmethod
     def load(cls, name_or_path: str, device: torch.device | str | None = None, revision: str = "main",
-             token: str | None = None, cache_dir: str | None = None, allow_pickle_weights: bool = False) -> Classifier:
+             token: str | None = None, cache_dir: str | None = None, allow_pickle_weights: bool = False,
+             tta: str = "none", tta_passes: int = 4, image_size: int | None = None,
+             crop_pct: float | None = None) -> Classifier:
         """A local folder or a Hub id (from the cache when offline), with its image processor and its own head,
-        loaded as training loads a checkpoint (safetensors only unless `allow_pickle_weights`; no remote code)."""
+        loaded as training loads a checkpoint (safetensors only unless `allow_pickle_weights`; no remote code).
+        `tta`: test-time augmentation (`data/tta.py`); `image_size` / `crop_pct`: another eval resolution."""
         args = ModelArguments(model_name_or_path=name_or_path, model_revision=revision, token=token,
                               cache_dir=cache_dir, allow_pickle_weights=allow_pickle_weights)
         config = load_config(args)  # a clear error when neither the folder nor the Hub (nor its cache) has it
@@ -72,18 +90,23 @@ class Classifier:
         labels = label_names(config)
         model = build_model(args, labels, config, Alignment.whole(len(labels)))  # the head is kept
         try:
-            preprocess = PreprocessConfig.from_processor(processor)
+            preprocess = at_resolution(PreprocessConfig.from_processor(processor), image_size, crop_pct)
         except ValueError as err:
             raise ModelLoadError(f"{name_or_path!r}: {err}") from err
-        return cls(model, preprocess, device if device is not None else default_device())
+        return cls(model, preprocess, device if device is not None else default_device(), tta, tta_passes)
 
     # Tensors -----------------------------------------------------------------------------------------------------
 
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """uint8 images (as `transform` gives) or normalised float inputs (B, 3, H, W) -> float32 logits."""
+        """uint8 images (as `transform` gives) or normalised float inputs (B, 3, H, W) -> float32 logits; TTA views
+        (B, K, 3, H, W) -> the log of their averaged probabilities (`tta.combine_views`), which rank as logits."""
         dtype = next(self.model.parameters()).dtype  # bf16_full_eval leaves the model in bfloat16
         with torch.inference_mode():
             inputs = self.normalizer(pixel_values.to(self.device)).to(dtype)
+            if inputs.dim() == 5:
+                batch, views = inputs.shape[:2]
+                logits = self.model(pixel_values=inputs.flatten(0, 1)).logits.float()
+                return combine_views(logits.view(batch, views, -1), self.tta_weights).cpu()
             return self.model(pixel_values=inputs).logits.float().cpu()
 
     def topk(self, pixel_values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

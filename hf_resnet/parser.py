@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import sys
 import textwrap
 import types
@@ -219,12 +220,17 @@ SECTIONS = (
 )
 
 
+def _first_sentence(text: str) -> str:
+    """The summary's share of a field's help: its first sentence (`--help-all` prints the rest)."""
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z`])", text, maxsplit=1)[0]
+
+
 def _describe(name: str, field: dataclasses.Field, width: int = 118) -> str:
     default = field.default if field.default is not dataclasses.MISSING else (
         field.default_factory() if field.default_factory is not dataclasses.MISSING else None
     )
     default = value_of(default)
-    help_text = " ".join(str(field.metadata.get("help", "")).split())
+    help_text = _first_sentence(" ".join(str(field.metadata.get("help", "")).split()))
     text = f"{help_text} (default: {default})" if default not in (None, "") else help_text
     lines = textwrap.wrap(text, width - 36) or [""]
     head = f"  --{name:<32}"

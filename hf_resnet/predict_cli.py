@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .constants import DEFAULT_MAX_PIXELS
-from .flags import add_model_flags, both, pixels, positive
+from .constants import DEFAULT_MAX_PIXELS, TTA_MODES
+from .flags import add_model_flags, both, pixels, positive, share
 
 
 def _image_files(paths: list[str]) -> tuple[list[str], list[str]]:
@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = torch.device(args.device) if args.device else None
         classifier = Classifier.load(args.model, device=device, revision=args.revision, token=args.token,
-                                     allow_pickle_weights=args.allow_pickle_weights)
+                                     allow_pickle_weights=args.allow_pickle_weights, tta=args.tta,
+                                     tta_passes=args.tta_passes, image_size=args.eval_image_size,
+                                     crop_pct=args.eval_crop_pct)
     except (HfResnetError, RuntimeError) as err:
         print(f"hf-resnet predict: {err}", file=sys.stderr)
         return 2
@@ -120,5 +122,14 @@ def add_command(commands) -> argparse.ArgumentParser:
     add_model_flags(predict)
     predict.add_argument(*both("--max-image-pixels"), dest="max_image_pixels", type=pixels, default=DEFAULT_MAX_PIXELS,
                          metavar="N", help=f"refuse images over N pixels (default {DEFAULT_MAX_PIXELS:,}; 0: none)")
+    predict.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation: the mirror "
+                         "image (flip), the four corners and the centre (five_crop) or N training augmentations "
+                         "(augment) averaged with the plain view (default none)")
+    predict.add_argument(*both("--tta_passes"), type=positive, default=4, metavar="N",
+                         help="augmented passes of --tta augment (default 4)")
+    predict.add_argument(*both("--eval_image_size"), type=positive, metavar="N",
+                         help="predict at this input size instead of the processor's crop")
+    predict.add_argument(*both("--eval_crop_pct"), type=share, metavar="X",
+                         help="with it: crop / resized short side (default the processor's)")
     predict.set_defaults(run=run)
     return predict

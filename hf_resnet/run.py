@@ -24,10 +24,11 @@ from transformers.trainer_utils import EvalLoopOutput, set_seed
 from .configs import DataArguments, FinetuneTrainingArguments, ModelArguments
 from .constants import TEST_SPLIT, label_names
 from .data.gpu_decode import device_decoder_for
-from .data.inputs import build_split_inputs, file_names
+from .data.inputs import build_split_inputs, build_tta_split, file_names
 from .data.loading import ImageData, load_image_data
 from .data.skips import build_report, publish, skipped_indices, start_afresh
-from .data.transforms import BatchNormalizer, PreprocessConfig, resize_processor
+from .data.transforms import BatchNormalizer, PreprocessConfig, at_resolution, resize_processor
+from .data.tta import view_weights
 from .hub import settle_offline_mode
 from .inference import Classifier
 from .reports.evaluation import start_report, write_split_report, write_training_curves
@@ -35,6 +36,7 @@ from .reports.model_card import CardInfo, base_model_license, dataset_title, run
 from .settings import check_arguments, resolve_settings
 from .strategy_config import StrategyArguments
 from .trainer import ImageClassificationTrainer
+from .training.calibration import Calibration, calibrate
 from .training.checkpoints import fix_file_modes, is_complete, resume_checkpoint
 from .training.modeling import build_model, head_alignment, label_remap, load_config, load_image_processor
 from .training.preemption import Preempted
@@ -85,7 +87,8 @@ def resume_or_start(training_args, head_labels: list[str]) -> str | None:
 
 
 def card_info(data: ImageData, model_args, data_args, strategy_args, training_args, model, head_labels: list[str],
-              pre: PreprocessConfig, results: dict, training_curves: str | None) -> CardInfo:
+              pre: PreprocessConfig, results: dict, training_curves: str | None,
+              calibration: Calibration | None = None) -> CardInfo:
     """The model card's record, made once, after the reports it quotes."""
     license = model_args.license
     if license is None and training_args.do_train:
@@ -110,11 +113,14 @@ def card_info(data: ImageData, model_args, data_args, strategy_args, training_ar
         hyperparameters=run_hyperparameters(strategy_args, training_args, augmentation),
         results=results,
         training_curves=training_curves,
+        calibration=None if calibration is None else calibration.as_dict(),
     )
 
 
-def train(trainer: ImageClassificationTrainer, last_checkpoint: str | None) -> dict:
-    """Train (or continue), then save what `pipeline()` loads: model, config with class names, processor."""
+def train(trainer: ImageClassificationTrainer, last_checkpoint: str | None,
+          calibrate_on=None) -> tuple[dict, Calibration | None]:
+    """Train (or continue); with `temperature_scaling`, fit T on `calibrate_on` (the validation split) and fold it
+    into the head; then save what `pipeline()` loads: model, config with class names, processor."""
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
     stopped_at = trainer.stop_on_signal.stopped_at
     if stopped_at is not None:  # a stop signal: checkpoint-N is written; the rerun resumes from it
@@ -122,42 +128,60 @@ def train(trainer: ImageClassificationTrainer, last_checkpoint: str | None) -> d
         checkpoint = os.path.join(trainer.args.output_dir, f"checkpoint-{stopped_at}")
         raise Preempted(trainer.stop_on_signal.received or "a stop signal on another process", stopped_at,
                         checkpoint if is_complete(checkpoint) else None, trainer.args.requeue_exit_code)
+    calibration = calibrate(trainer, calibrate_on) if calibrate_on is not None else None
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
-    return result.metrics
+    return result.metrics, calibration
 
 
-def evaluate(trainer: ImageClassificationTrainer, dataset, prefix: str) -> tuple[dict, EvalLoopOutput]:
-    """Score a labeled split; also returns the gathered top-5 predictions and label ids for its report."""
+def evaluate(trainer: ImageClassificationTrainer, dataset, prefix: str, tta=None) -> tuple[dict, EvalLoopOutput]:
+    """Score a labeled split; also returns the gathered top-5 predictions and label ids for its report. `tta`:
+    (the split's views, their weights): its `<prefix>_tta_*` figures join the plain ones."""
     metrics, output = trainer.evaluate_with_predictions(dataset, metric_key_prefix=prefix)
     if not trainer.args.do_train:
         metrics.pop("epoch", None)  # nothing was trained: "epoch = 0" would only mislead
+    if tta is not None and tta[0] is not None:
+        metrics.update(trainer.evaluate_tta(*tta, metric_key_prefix=prefix))
     trainer.log_metrics(prefix, metrics)
     trainer.save_metrics(prefix, metrics)
     return metrics, output
 
 
-def evaluate_splits(trainer: ImageClassificationTrainer, inputs: dict, data: ImageData, data_args) -> dict:
+def evaluate_splits(trainer: ImageClassificationTrainer, inputs: dict, data: ImageData, data_args,
+                    tta: dict | None = None) -> dict:
     """Validation (with `do_eval`), then the test split when one is asked for: scored when labeled, else only
-    predicted (into report/test/predictions_test.csv). Returns split -> (metrics, gathered predictions, prefix)."""
-    args, outputs = trainer.args, {}
+    predicted (into report/test/predictions_test.csv). `tta`: split -> (views, weights) of `tta_split`.
+    Returns split -> (metrics, gathered predictions, prefix)."""
+    args, outputs, tta = trainer.args, {}, tta or {}
     eval_set, test_set = inputs.get("validation"), inputs.get(TEST_SPLIT)
     if args.do_eval and eval_set is not None:
-        outputs["validation"] = (*evaluate(trainer, eval_set, "eval"), "eval")
+        outputs["validation"] = (*evaluate(trainer, eval_set, "eval", tta.get("validation")), "eval")
     if test_set is not None and (data_args.test_dir or data_args.test_split or args.do_predict):
         if data.test_has_labels:
-            outputs[TEST_SPLIT] = (*evaluate(trainer, test_set, "test"), "test")
+            outputs[TEST_SPLIT] = (*evaluate(trainer, test_set, "test", tta.get(TEST_SPLIT)), "test")
         else:
             outputs[TEST_SPLIT] = ({}, trainer.predict(test_set, metric_key_prefix="test"), "test")
     return outputs
 
 
+def tta_splits(data: ImageData, pre: PreprocessConfig, data_args, strategy_args, alignment, seed: int) -> dict:
+    """With `tta` set: the validation and labeled test splits as views, with their weights."""
+    if strategy_args.tta == "none":
+        return {}
+    weights = view_weights(strategy_args.tta, strategy_args.tta_passes)
+    label_map = label_remap(alignment, len(data.labels))
+    return {split: (build_tta_split(data, split, pre, data_args, label_map, strategy_args.tta,
+                                    strategy_args.tta_passes, seed=seed), weights)
+            for split in ("validation", TEST_SPLIT) if split == "validation" or data.test_has_labels}
+
+
 def write_reports(trainer: ImageClassificationTrainer, head_labels: list[str], outputs: dict, inputs: dict,
-                  skip_report: dict, pre: PreprocessConfig) -> tuple[dict, str | None]:
+                  skip_report: dict, pre: PreprocessConfig,
+                  calibration: Calibration | None = None) -> tuple[dict, str | None]:
     """Main process: `report/<split>/` for each split evaluated or predicted, `report/training_curves.png`.
-    Returns what the card quotes: split -> result, and the curves' path."""
+    Returns what the card quotes: split -> result, and the curves' path. `pre`: the eval preprocessing."""
     results = {}
     output_dir = trainer.args.output_dir
     start_report(output_dir)
@@ -166,7 +190,8 @@ def write_reports(trainer: ImageClassificationTrainer, head_labels: list[str], o
         for split, (metrics, output, prefix) in outputs.items():
             result = write_split_report(output_dir, split, output.predictions, output.label_ids, metrics, prefix,
                                         head_labels, inputs[split], classifier, skipped_indices(skip_report, split),
-                                        seed=trainer.args.seed)
+                                        seed=trainer.args.seed,
+                                        calibration=None if calibration is None else calibration.as_dict())
             if result is not None:
                 results[split] = result
     return results, write_training_curves(output_dir, trainer.state, trainer.args.load_best_model_at_end)
@@ -224,8 +249,12 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     )
 
     # Train, evaluate, test ----------------------------------------------------------------------------------------
-    metrics = train(trainer, last_checkpoint) if training_args.do_train else {}
-    outputs = evaluate_splits(trainer, inputs, data, data_args)
+    calibrate_on = eval_set if strategy_args.temperature_scaling else None
+    metrics, calibration = train(trainer, last_checkpoint, calibrate_on) if training_args.do_train else ({}, None)
+    tta = tta_splits(data, pre, data_args, strategy_args, alignment, training_args.seed)
+    outputs = evaluate_splits(trainer, inputs, data, data_args, tta)
+    if calibration is not None and "validation" in outputs:
+        calibration.ece_after = outputs["validation"][0].get("eval_ece")  # the folded model's
     for split_metrics, _, _ in outputs.values():
         metrics.update(split_metrics)
 
@@ -234,9 +263,10 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     report = build_report(training_args.output_dir, data.sizes)
     card = None
     if main_process:
-        results, curves = write_reports(trainer, head_labels, outputs, inputs, report, pre)
+        eval_pre = at_resolution(pre, data_args.eval_image_size, data_args.eval_crop_pct)
+        results, curves = write_reports(trainer, head_labels, outputs, inputs, report, eval_pre, calibration)
         card = card_info(data, model_args, data_args, strategy_args, training_args, model, head_labels, pre, results,
-                         curves)
+                         curves, calibration)
     publish(report, training_args.output_dir, data_args.max_skipped_share, main_process)
 
     # Card and push (an evaluation-only run made no model: it pushes its report) ------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .constants import value_of
+from .constants import TTA_MODES, value_of
 from .errors import ConfigError
 
 TUNINGS = ("full", "linear_probe")
@@ -160,6 +160,19 @@ class StrategyArguments:
         default=True,
         metadata={"help": "Decay min(ema_decay, (1 + n) / (10 + n)) at step n: less pull to the start."},
     )
+    # Evaluation -------------------------------------------------------------------------------------------------
+    temperature_scaling: bool = field(
+        default=False,
+        metadata={"help": "After training, fit one temperature T on the validation split (lowest NLL) and divide "
+                          "the classifier's last layer by it: calibrated probabilities, the same top-1."},
+    )
+    tta: str = field(
+        default="none",
+        metadata={"help": "Test-time augmentation in the final evaluation, reported beside the plain figures "
+                          "(eval_tta_*): `flip`, `five_crop`, `augment` (`tta_passes` training augmentations, "
+                          "fastai's beta 0.25 blend) or `none`."},
+    )
+    tta_passes: int = field(default=4, metadata={"help": "Augmented passes of `tta: augment` (fastai's n: 4)."})
     # Stopping ---------------------------------------------------------------------------------------------------
     early_stopping_patience: int | None = field(
         default=None,
@@ -214,6 +227,9 @@ class StrategyArguments:
             raise ConfigError(f"`head_dropout` is a probability below 1, got {self.head_dropout}.")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"`ema_decay` must be in (0, 1), e.g. 0.999, got {self.ema_decay}.")
+        if self.tta not in TTA_MODES or self.tta_passes < 1:
+            raise ConfigError(f"`tta` must be one of {', '.join(TTA_MODES)} and `tta_passes` at least 1, got "
+                              f"{self.tta!r} and {self.tta_passes}.")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ConfigError(f"`early_stopping_patience` counts evaluations, at least 1; got "
                               f"{self.early_stopping_patience}.")
@@ -251,6 +267,9 @@ class StrategyArguments:
         if not 0 <= training_args.label_smoothing_factor < 1:
             raise ConfigError(f"`label_smoothing_factor` must be in [0, 1), got "
                               f"{training_args.label_smoothing_factor}.")
+        if self.temperature_scaling and not (training_args.do_train and training_args.do_eval):
+            raise ConfigError("`temperature_scaling: true` fits T on the validation split after training: it needs "
+                              "`do_train` and `do_eval` true (and a validation split).")
         if self.early_stopping_patience is not None:
             if not training_args.metric_for_best_model or not training_args.load_best_model_at_end:
                 raise ConfigError("`early_stopping_patience` needs `metric_for_best_model` (e.g. accuracy) and "

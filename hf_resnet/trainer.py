@@ -24,6 +24,7 @@ streamed data; our model card.
 - `evaluation_loop`: while `evaluate_with_predictions` runs, keeps the loop's output (the gathered top-5 ids,
   probabilities and label ids) for the reports; `push_report` uploads an evaluation-only run's report;
 - `prediction_step`: a head cut to some classes to evaluate them (`modeling.SubsetHead`) adds ranks among all;
+  during `evaluate_tta` (`tta.TtaTrainerMixin`, one of the bases) a batch of K views per example is averaged;
 - metrics come from `metrics.reduce_logits` + `metrics.ComputeMetrics` (top-5 ids per example, never all logits).
 
 What this relies on inside transformers / accelerate / torch (each has a test in `tests/test_trainer.py` or
@@ -86,11 +87,12 @@ from .training.modeling import subset_head
 from .training.optim import describe_groups, milestone_steps, optimizer_kwargs, step_schedule
 from .training.preemption import StopOnSignal, parse_stop_signals
 from .training.strategies import Strategy
+from .training.tta import TtaTrainerMixin
 
 logger = logging.getLogger(__name__)
 
 
-class ImageClassificationTrainer(EmaTrainerMixin, ProcessDataMixin, Trainer):
+class ImageClassificationTrainer(EmaTrainerMixin, TtaTrainerMixin, ProcessDataMixin, Trainer):
     def __init__(self, *args, strategy: Strategy | None = None, describe_examples=None,
                  normalizer: BatchNormalizer | None = None, device_decoder: DeviceDecoder | None = None,
                  split_sizes: dict | None = None, max_skipped_share: float | None = None, **kwargs):
@@ -290,7 +292,10 @@ class ImageClassificationTrainer(EmaTrainerMixin, ProcessDataMixin, Trainer):
             self.args.logging_nan_inf_filter, self._eval_nan_filter = self._eval_nan_filter, None
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """The Trainer's, plus each example's rank among all classes with a `SubsetHead` (all_classes_* metrics)."""
+        """The Trainer's, plus each example's rank among all classes with a `SubsetHead` (all_classes_* metrics);
+        a TTA batch's views averaged (`evaluate_tta`)."""
+        if self.tta_weights is not None:
+            return self.tta_prediction_step(model, inputs, prediction_loss_only)
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         ranks = self.subset_head.take_ranks(labels) if self.subset_head is not None and logits is not None else None
         return loss, logits if ranks is None else (logits, ranks), labels

@@ -10,8 +10,9 @@ from hf_resnet.training.metrics import ComputeMetrics, classification_metrics, r
 
 
 def score(logits: np.ndarray, labels: np.ndarray) -> dict:
-    ids, probs = reduce_logits(torch.from_numpy(logits))
-    return ComputeMetrics(logits.shape[1])(EvalPrediction(predictions=(ids.numpy(), probs.numpy()), label_ids=labels))
+    ids, probs, truth = reduce_logits(torch.from_numpy(logits), torch.from_numpy(labels))
+    predictions = (ids.numpy(), probs.numpy(), truth.numpy())
+    return ComputeMetrics(logits.shape[1])(EvalPrediction(predictions=predictions, label_ids=labels))
 
 
 def test_matches_sklearn_on_random_logits():
@@ -63,8 +64,10 @@ def test_ties_go_to_the_lower_class_id_like_argmax():
 
 def test_reduction_keeps_k_per_example_not_all_logits():
     logits = torch.randn(64, 1000)
-    ids, probs = reduce_logits(logits)
-    assert ids.shape == probs.shape == (64, 5)
+    labels = torch.randint(0, 1000, (64,))
+    ids, probs, truth = reduce_logits(logits, labels)
+    assert ids.shape == probs.shape == (64, 5) and truth.shape == (64,)
+    assert torch.allclose(truth, torch.softmax(logits, dim=1)[torch.arange(64), labels])
     assert torch.equal(ids[:, 0], logits.argmax(dim=1))
     assert torch.allclose(probs, torch.softmax(logits, dim=1).gather(1, ids))
     assert (probs[:, :-1] >= probs[:, 1:]).all()

@@ -194,7 +194,7 @@ def test_the_split_files_are_disjoint_and_the_card_carries_every_split(run_with_
     index = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"]
     assert [r["dataset"]["split"] for r in index] == ["validation", "test"]
     keys = {"Top-1 accuracy": "accuracy", "Macro F1": "f1_macro", "Macro precision": "precision_macro",
-            "Macro recall": "recall_macro"}
+            "Macro recall": "recall_macro", "Expected calibration error (15 bins)": "ece"}
     for entry, prefix in zip(index, ("eval", "test")):
         assert {m["name"]: m["value"] for m in entry["metrics"]} == {
             name: round(results[f"{prefix}_{key}"], 4) for name, key in keys.items()}

@@ -192,7 +192,7 @@ def test_final_evaluation_hands_back_top5_of_every_example_not_logits(tmp_path):
                                      use_cpu=True, dataloader_num_workers=0, eval_strategy="no")
     trainer = ImageClassificationTrainer(model=ResNetForImageClassification(config), args=args)
     metrics, output = trainer.evaluate_with_predictions(examples, metric_key_prefix="eval")
-    ids, probs = output.predictions
+    ids, probs, _ = output.predictions
     assert ids.shape == probs.shape == (60, 5) and output.label_ids.shape == (60,)  # 15 batches, 5 per example
     assert np.array_equal(output.label_ids, np.arange(60))
     assert metrics["eval_samples"] == 60 and trainer.state.log_history[-1]["eval_samples"] == 60  # logged

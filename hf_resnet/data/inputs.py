@@ -25,11 +25,13 @@ from .images import ImageDecodeError, decode_tensor, describe, plain_jpeg
 from .skips import SkipRecorder
 from .transforms import (
     TrainDraft,
+    at_resolution,
     augmentation,
     build_eval_transform,
     build_train_transform,
     mean_colour,
 )
+from .tta import TtaTransform, view_weights
 
 logger = logging.getLogger(__name__)
 
@@ -216,10 +218,9 @@ def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output
     split whose batches are dispatched (`dispatched`) is still decoded by the workers: accelerate can only cut
     batches of same-shaped tensors, not lists of JPEG bytes."""
     train_tf = build_train_transform(pre, **augmentation(data_args), normalize=False)
-    eval_tf = build_eval_transform(pre, normalize=False)
-    blank = torch.tensor(mean_colour(pre), dtype=torch.uint8).view(3, 1, 1).expand(3, *pre.crop_size).contiguous()
-    common = dict(image_column=data.image_column, crop_size=pre.crop_size, max_pixels=data_args.max_image_pixels,
-                  label_names=data.labels, blank=blank)
+    eval_pre = at_resolution(pre, data_args.eval_image_size, data_args.eval_crop_pct)
+    eval_tf = build_eval_transform(eval_pre, normalize=False)
+    common = dict(image_column=data.image_column, max_pixels=data_args.max_image_pixels, label_names=data.labels)
     if data_args.gpu_decode:
         decode_on_device = {"train": DeviceDecode(True, tuple(data_args.random_resized_crop_scale),
                                                   flip=data_args.horizontal_flip),
@@ -230,23 +231,54 @@ def build_split_inputs(data, pre, data_args, label_map: list[int] | None, output
     else:
         decode_on_device = {}
     draft = TrainDraft(max(pre.crop_size), float(data_args.random_resized_crop_scale[0]))
-    test_map = label_map
-    if data.test_label_map is not None:  # a test folder's own class order, then the head's
-        test_map = [label_map[i] if label_map else i for i in data.test_label_map]
-    plan = {
-        "train": (data.train, train_tf, data.label_column, label_map, seed),  # a stream's ids: example_key
-        "validation": (data.validation, eval_tf, data.label_column, label_map, None),
-        "test": (data.test, eval_tf, data.label_column if data.test_has_labels else None, test_map, None),
-    }
+    plan = _split_plan(data, train_tf, eval_tf, label_map, seed)
     return {
         split: attach(raw, ExampleTransform(tf, label_column=labels, label_map=split_map, seed=split_seed,
                                             recorder=SkipRecorder(output_dir, split),
                                             device_decode=decode_on_device.get(split), **common,
+                                            crop_size=(eval_pre if split != "train" else pre).crop_size,
+                                            blank=_blank(eval_pre if split != "train" else pre),
                                             keyed=split == "train" and isinstance(raw, IterableDataset),
                                             reduction=draft if split == "train" else None))
         for split, (raw, tf, labels, split_map, split_seed) in plan.items()
         if raw is not None
     }
+
+
+def _blank(pre, views: int | None = None) -> torch.Tensor:
+    """An unreadable image's stand-in: the normalisation's mean colour at the crop size (per view, for TTA)."""
+    blank = torch.tensor(mean_colour(pre), dtype=torch.uint8).view(3, 1, 1).expand(3, *pre.crop_size)
+    return (blank if views is None else blank.expand(views, *blank.shape)).contiguous()
+
+
+def _split_plan(data, train_tf, eval_tf, label_map: list[int] | None, seed: int | None) -> dict:
+    """split -> (raw split, transform, label column, label map, seed)."""
+    test_map = label_map
+    if data.test_label_map is not None:  # a test folder's own class order, then the head's
+        test_map = [label_map[i] if label_map else i for i in data.test_label_map]
+    return {
+        "train": (data.train, train_tf, data.label_column, label_map, seed),  # a stream's ids: example_key
+        "validation": (data.validation, eval_tf, data.label_column, label_map, None),
+        "test": (data.test, eval_tf, data.label_column if data.test_has_labels else None, test_map, None),
+    }
+
+
+def build_tta_split(data, split: str, pre, data_args, label_map: list[int] | None, mode: str, passes: int,
+                    seed: int | None = None):
+    """`split` with each example as its (K, 3, H, W) TTA views (`tta.TtaTransform`, at the eval resolution; the
+    augmented views seeded per example), for the trainer's TTA pass; None when the split is absent. Its unreadable
+    images were recorded by the plain pass already: none are recorded twice."""
+    eval_pre = at_resolution(pre, data_args.eval_image_size, data_args.eval_crop_pct)
+    train_tf = build_train_transform(eval_pre, **augmentation(data_args), normalize=False) if mode == "augment" \
+        else None
+    raw, _, labels, split_map, _ = _split_plan(data, None, None, label_map, seed)[split]
+    if raw is None:
+        return None
+    transform = ExampleTransform(TtaTransform(eval_pre, mode, passes, train_tf), image_column=data.image_column,
+                                 label_column=labels, label_map=split_map, seed=seed, crop_size=eval_pre.crop_size,
+                                 max_pixels=data_args.max_image_pixels, label_names=data.labels,
+                                 blank=_blank(eval_pre, len(view_weights(mode, passes))))
+    return attach(raw, transform)
 
 
 def pad_lone_example(inputs: dict) -> dict:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
@@ -107,6 +107,21 @@ def resize_processor(processor, image_size: int | None, crop_pct: float | None =
         if getattr(processor, "do_center_crop", False):
             processor.crop_size = {"height": edge, "width": edge}
     return processor
+
+
+def at_resolution(cfg: PreprocessConfig, image_size: int | None = None,
+                  crop_pct: float | None = None) -> PreprocessConfig:
+    """The eval preprocessing at another resolution (`eval_image_size`, `eval_crop_pct`; timm's test-size
+    evaluation): short side resized to image_size / crop_pct, then the center image_size crop. Either unset keeps
+    the processor's: its crop, and its crop_pct (crop / resized short side; 1.0 for a processor without a crop)."""
+    if image_size is None and crop_pct is None:
+        return cfg
+    size = int(image_size or cfg.crop_size[0])
+    if crop_pct is None:
+        edge = cfg.resize_shortest_edge or (cfg.resize_size[0] if cfg.resize_size else size)
+        crop_pct = cfg.crop_size[0] / edge if cfg.center_crop else 1.0
+    return replace(cfg, crop_size=(size, size), resize_shortest_edge=int(size / crop_pct), resize_size=None,
+                   center_crop=True)
 
 
 def _shortest_edge_size(height: int, width: int, edge: int) -> tuple[int, int]:

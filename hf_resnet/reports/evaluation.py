@@ -7,7 +7,10 @@
     confusion_matrix_normalized.png   the same, as shares of each true class's images
     predictions_<split>.csv           one row per image: file or position, true label, top-5 labels and scores
     predictions_grid.png              16 images as the model saw them, true and predicted labels, mistakes in red
+                                      (the mistakes of highest loss first, then correct ones drawn at random)
     gradcam.png                       Grad-CAM on 4 wrong and 4 correct predictions
+    reliability_diagram.png           accuracy against confidence in 15 bins, with the ECE
+    top_losses.csv / top_losses.png   the 100 (16) images of highest loss -log p(true), files and probabilities
 
 and `output_dir/report/training_curves.png` once per run. An unlabeled split gets its predictions CSV and pictures
 without the truth. Memory: the gathered top-k ids (examples x 5), the confusion counts (classes x classes) and a
@@ -28,13 +31,14 @@ import torch
 from ..constants import IGNORE_INDEX, REPORT_DIR
 from ..data.inputs import file_names, iter_file_names
 from ..inference import Classifier
-from ..training.metrics import confusion_counts
+from ..training.metrics import calibration_bins, confusion_counts, expected_calibration_error
 from ..training.modeling import subset_head
 from .confusion import classes_to_show, most_confused, per_class_rows, write_confusion_csv
 from .gradcam import grad_cam
 from .model_card import SplitResult
-from .plots import confusion_png, gradcam_png, predictions_grid_png, training_curves_png
+from .plots import confusion_png, gradcam_png, predictions_grid_png, reliability_png, training_curves_png
 from .predictions import write_predictions
+from .top_losses import CSV_ROWS, PICTURE_IMAGES, example_losses, worst, write_top_losses
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +74,9 @@ def write_training_curves(output_dir: str | Path, state, load_best: bool = False
 
 
 def _pick_indices(top1: np.ndarray, true_ids: np.ndarray | None, count: int, seed: int,
-                  skipped: dict[int, str]) -> list[int]:
-    """Up to half mistakes, the rest correct (unlabeled: any readable images), drawn with `seed`; mistakes first."""
+                  skipped: dict[int, str], losses: np.ndarray | None = None) -> list[int]:
+    """Up to half mistakes, the rest correct (unlabeled: any readable images), drawn with `seed`; mistakes first.
+    With `losses`, the mistakes are those of highest loss, highest first."""
     rng = np.random.default_rng(seed)
     if true_ids is None:
         readable = np.setdiff1d(np.arange(len(top1)), np.fromiter(skipped, dtype=np.int64, count=len(skipped)))
@@ -83,6 +88,8 @@ def _pick_indices(top1: np.ndarray, true_ids: np.ndarray | None, count: int, see
     n_right = min(len(right), count - n_wrong)
     n_wrong = min(len(wrong), count - n_right)
     picks = [sorted(rng.choice(group, n, replace=False).tolist()) for group, n in ((wrong, n_wrong), (right, n_right))]
+    if losses is not None:
+        picks[0] = sorted(wrong.tolist(), key=lambda i: (-losses[i], i))[:n_wrong]
     return picks[0] + picks[1]
 
 
@@ -147,6 +154,42 @@ def _pictures(folder: Path, split: str, examples: list[dict], classifier: Classi
     return written
 
 
+def _top_losses(folder: Path, output_dir: Path, split: str, predictions, true_ids: np.ndarray, labels: list[str],
+                dataset, classifier: Classifier, names_known: bool) -> tuple[dict, dict]:
+    """top_losses.csv (the 100 worst, with files; positions for a stream) and top_losses.png (the 16 worst; not
+    for a stream, which cannot be re-read by index). Returns (files, figures) written."""
+    ids, probs, truth = (np.asarray(part) for part in predictions[:3])
+    losses = example_losses(truth, true_ids)
+    indices = worst(losses, CSV_ROWS)
+    files = file_names(dataset, indices) if names_known else [f"position {i}" for i in indices]
+    write_top_losses(folder / "top_losses.csv", indices, losses, truth, ids, probs, true_ids, labels, files)
+    written = {"top_losses_csv": _relative(folder / "top_losses.csv", output_dir)}
+    shown = indices[:PICTURE_IMAGES]
+    if not names_known or not shown:
+        return written, {}
+    examples = _examples_by_index(dataset, shown)
+    pixels = torch.stack([classifier.pixels_of(e) for e in examples])
+    titles = [f"pred: {labels[int(ids[i, 0])]} ({probs[i, 0]:.2f})\ntrue: {labels[int(true_ids[i])]} "
+              f"(p {truth[i]:.2f})\nloss {losses[i]:.2f}  {e['name'][:22]}" for i, e in zip(shown, examples)]
+    correct = [bool(ids[i, 0] == true_ids[i]) for i in shown]
+    path = predictions_grid_png(folder / "top_losses.png", classifier.to_display(pixels), titles, correct,
+                                f"{split}: the {len(shown)} images of highest loss -log p(true), highest first")
+    return written, {"top_losses": _relative(path, output_dir)}
+
+
+def _reliability(folder: Path, output_dir: Path, split: str, ids, probs, true_ids: np.ndarray) -> tuple[dict, list]:
+    """reliability_diagram.png from the top-1 probabilities; returns (figures, the bins as rows)."""
+    scored = true_ids != IGNORE_INDEX
+    table = calibration_bins(np.asarray(probs)[scored, 0], np.asarray(ids)[scored, 0] == true_ids[scored])
+    ece = expected_calibration_error(table)
+    path = reliability_png(folder / "reliability_diagram.png", table, ece, f"{split}: {int(scored.sum())} images")
+    edges = np.linspace(0, 1, len(table) + 1)
+    rows = [{"lower": round(float(lo), 4), "upper": round(float(hi), 4), "images": int(n),
+             "confidence": float(c / n) if n else None, "accuracy": float(a / n) if n else None}
+            for lo, hi, (n, c, a) in zip(edges[:-1], edges[1:], table)]
+    return {"reliability_diagram": _relative(path, output_dir)}, rows
+
+
 # The split's report ----------------------------------------------------------------------------------------------
 
 
@@ -161,10 +204,13 @@ def _scope(classifier: Classifier, num_classes: int) -> str:
 
 def write_split_report(output_dir: str | Path, split: str, predictions, label_ids: np.ndarray | None,
                        metrics: dict, prefix: str, labels: list[str], dataset, classifier: Classifier,
-                       skipped: dict[int, str] | None = None, seed: int = 0) -> SplitResult | None:
+                       skipped: dict[int, str] | None = None, seed: int = 0,
+                       calibration: dict | None = None) -> SplitResult | None:
     """Write `report/<split>/` from the gathered predictions ((n, k) top-k ids and probabilities) and label ids
-    (head ids; -100 for images that could not be decoded; None when the split is unlabeled). `metrics` are the
-    Trainer's, keyed `<prefix>_accuracy` etc. Returns what the model card shows of it (None when unlabeled).
+    (head ids; -100 for images that could not be decoded; None when the split is unlabeled), and the probability
+    of the truth when there is a third entry. `metrics` are the Trainer's, keyed `<prefix>_accuracy` etc.;
+    `calibration`: the temperature scaling's record, for eval_report.json. Returns what the model card shows of it
+    (None when unlabeled).
     Kept whole: one split's files in the order a reader finds them in the folder; each picture is a call."""
     output_dir = Path(output_dir)
     folder = output_dir / REPORT_DIR / split
@@ -198,6 +244,13 @@ def write_split_report(output_dir: str | Path, split: str, predictions, label_id
                                  f"{split}: {int(counts.sum())} images{what}"
                                  + (" (share of each true class)" if normalize else ""))
             figures[name] = _relative(path, output_dir)
+        reliability, bins = _reliability(folder, output_dir, split, ids, probs, true_ids)
+        figures.update(reliability)
+        if len(predictions) > 2:
+            written, pictures = _top_losses(folder, output_dir, split, predictions, true_ids, labels, dataset,
+                                            classifier, names is not None)
+            files.update(written)
+            figures.update(pictures)
         plain = {k.removeprefix(f"{prefix}_"): v for k, v in metrics.items() if k.startswith(f"{prefix}_")}
         result = SplitResult(split=split, metrics=plain, per_class=per_class_rows(counts, labels),
                              most_confused=most_confused(counts, labels))
@@ -212,13 +265,16 @@ def write_split_report(output_dir: str | Path, split: str, predictions, label_id
             "position in the evaluated stream (streamed data does not carry file names)",
             "per_class": result.per_class,
             "most_confused": result.most_confused,
+            "reliability_bins": bins,
+            **({"calibration": calibration} if calibration is not None else {}),
         }
         (folder / "eval_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         files = {"eval_report": _relative(folder / "eval_report.json", output_dir),
                  "confusion_matrix_csv": _relative(folder / "confusion_matrix.csv", output_dir), **files}
 
     if names is not None:
-        examples = _examples_by_index(dataset, _pick_indices(ids[:, 0], true_ids, GRID_IMAGES, seed, skipped))
+        losses = example_losses(predictions[2], true_ids) if true_ids is not None and len(predictions) > 2 else None
+        examples = _examples_by_index(dataset, _pick_indices(ids[:, 0], true_ids, GRID_IMAGES, seed, skipped, losses))
     else:
         examples = _examples_from_stream(dataset, classifier, GRID_IMAGES)
     for name, path in _pictures(folder, split, examples, classifier, labels).items():

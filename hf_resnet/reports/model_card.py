@@ -37,6 +37,8 @@ CARD_METRICS = {
     "f1_macro": ("f1", "Macro F1"),
     "precision_macro": ("precision", "Macro precision"),
     "recall_macro": ("recall", "Macro recall"),
+    "ece": ("expected_calibration_error", "Expected calibration error (15 bins)"),
+    "tta_accuracy": ("accuracy_tta", "Top-1 accuracy with test-time augmentation"),
 }
 SPLIT_TITLES = {"validation": "Validation split", "test": "Test split"}
 PER_CLASS_ROWS = 20  # up to this many classes the card lists them all; beyond, the lowest-F1 half of it
@@ -152,6 +154,7 @@ class CardInfo:
     hyperparameters: dict = field(default_factory=dict)  # the run's own (strategy, augmentation), beside the Trainer's
     results: dict[str, SplitResult] = field(default_factory=dict)  # split -> result, in evaluation order
     training_curves: str | None = None  # path relative to output_dir
+    calibration: dict | None = None  # temperature scaling: temperature, ece_before, ece_after, ... (calibration.py)
 
 
 def _split_metrics(result: SplitResult) -> dict[str, float]:

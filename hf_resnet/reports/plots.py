@@ -178,3 +178,33 @@ def gradcam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = GRADCAM_A
     colours = colormaps[GRADCAM_COLOURS](np.clip(cam, 0.0, 1.0))[..., :3]
     blended = (1.0 - alpha) * (image.astype(np.float64) / 255.0) + alpha * colours
     return np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
+
+
+def reliability_png(path: Path, table: np.ndarray, ece: float, title: str) -> Path:
+    """A reliability diagram: the accuracy of each equal-width confidence bin beside its mean confidence (the
+    diagonal is a calibrated model; bars under it: over-confident), and how many images each bin holds."""
+    table = np.asarray(table, dtype=np.float64)
+    bins = len(table)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    count = table[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        accuracy = np.where(count > 0, table[:, 2] / np.maximum(count, 1), 0.0)
+        confidence = np.where(count > 0, table[:, 1] / np.maximum(count, 1), 0.0)
+    figure = Figure(figsize=(5.5, 6.4))
+    axes, counts_axes = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = 1.0 / bins
+    axes.bar(edges[:-1], accuracy, width=width, align="edge", color="#0969da", edgecolor="white", label="accuracy")
+    axes.bar(edges[:-1], confidence - accuracy, bottom=accuracy, width=width, align="edge", color=WRONG, alpha=0.3,
+             edgecolor=WRONG, label="gap to the mean confidence")
+    axes.plot([0, 1], [0, 1], linestyle="--", color=NEUTRAL, linewidth=1, label="calibrated")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("accuracy in the bin")
+    axes.set_title(f"{title}\nECE {ece:.4f} ({bins} bins)", fontsize=11)
+    axes.legend(fontsize=9, loc="upper left")
+    axes.grid(alpha=0.3)
+    counts_axes.bar(edges[:-1], count, width=width, align="edge", color="#8c959f", edgecolor="white")
+    counts_axes.set_xlabel("confidence (top-1 probability)")
+    counts_axes.set_ylabel("images")
+    counts_axes.grid(alpha=0.3)
+    return _save(figure, path)

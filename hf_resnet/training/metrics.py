@@ -2,8 +2,13 @@
 the number of classes times examples.
 
 `reduce_logits` runs on each eval batch (the Trainer's `preprocess_logits_for_metrics`) and keeps only the top-k
-class ids and their probabilities: 50,000 x 1,000 ImageNet logits become 50,000 x 5. `compute_metrics` then
-scores those. Ties between equal logits go to the lower class id, as `argmax` does.
+class ids and their probabilities, and each example's probability of its true class (its loss is -log of it: the
+report's top losses): 50,000 x 1,000 ImageNet logits become 50,000 x 6. `compute_metrics` then scores those. Ties
+between equal logits go to the lower class id, as `argmax` does.
+
+The expected calibration error (`eval_ece`, Guo et al. 2017) comes from the top-1 probability and whether it was
+right, put in 15 equal-width bins of confidence: three counters per bin (`calibration_bins`), one pass, O(examples)
+at most, whatever the number of classes.
 
 Every top-1 metric comes from one table, the confusion counts (classes x classes, at most 1,000 x 1,000): the
 accuracy is its diagonal over its total, and the per-class precision, recall and F1 the reports show average to
@@ -26,16 +31,50 @@ def topk_stable(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     return order, probs
 
 
+def true_class_probability(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """(batch,) softmax probability of each example's label; NaN without labels or for -100 (unreadable)."""
+    out = torch.full(logits.shape[:1], float("nan"), device=logits.device)
+    if labels is None:
+        return out
+    labels = labels.to(logits.device).long()
+    scored = (labels >= 0) & (labels < logits.shape[-1])
+    probs = torch.softmax(logits.float(), dim=-1).gather(-1, labels.clamp(0, logits.shape[-1] - 1)[:, None])[:, 0]
+    return torch.where(scored, probs, out)
+
+
 def reduce_logits(logits, labels=None):
-    """`preprocess_logits_for_metrics`: (batch, classes) logits -> ((batch, k) ids, (batch, k) probabilities);
-    plus (batch,) ranks among all the checkpoint's classes when the trainer appended them (a `SubsetHead`)."""
+    """`preprocess_logits_for_metrics`: (batch, classes) logits -> ((batch, k) ids, (batch, k) probabilities,
+    (batch,) probability of the true class); plus (batch,) ranks among all the checkpoint's classes when the
+    trainer appended them (a `SubsetHead`)."""
     ranks = None
     if isinstance(logits, (tuple, list)):
         ranks = next((t for t in logits[1:] if isinstance(t, torch.Tensor) and t.ndim == 1
                       and not t.is_floating_point()), None)
         logits = logits[0]
     ids, probs = topk_stable(logits, TOP_K)
-    return (ids, probs) if ranks is None else (ids, probs, ranks)
+    truth = true_class_probability(logits, labels)
+    return (ids, probs, truth) if ranks is None else (ids, probs, truth, ranks)
+
+
+ECE_BINS = 15
+
+
+def calibration_bins(confidence, correct, bins: int = ECE_BINS) -> np.ndarray:
+    """(bins, 3) float64: per equal-width confidence bin ((m-1)/M, m/M], the number of examples, the sum of their
+    confidences and the number right. Bins of several batches or processes add up."""
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    correct = np.asarray(correct, dtype=np.float64).ravel()
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    return np.stack([np.bincount(index, minlength=bins).astype(np.float64),
+                     np.bincount(index, weights=confidence, minlength=bins),
+                     np.bincount(index, weights=correct, minlength=bins)], axis=1)
+
+
+def expected_calibration_error(table: np.ndarray) -> float:
+    """sum over bins of (bin count / total) x |accuracy in the bin - mean confidence in the bin|."""
+    table = np.asarray(table, dtype=np.float64)
+    total = table[:, 0].sum()
+    return float(np.abs(table[:, 2] - table[:, 1]).sum() / total) if total else float("nan")
 
 
 def all_class_metrics(ranks, labels) -> dict[str, float]:
@@ -90,15 +129,19 @@ def macro_metrics(counts: np.ndarray) -> dict[str, float]:
     }
 
 
-def classification_metrics(topk_ids: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    """accuracy (top-1), top5_accuracy (when there are more than 5 classes), macro precision/recall/F1."""
+def classification_metrics(topk_ids: np.ndarray, labels: np.ndarray, num_classes: int,
+                           top1_probs: np.ndarray | None = None) -> dict[str, float]:
+    """accuracy (top-1), top5_accuracy (when there are more than 5 classes), macro precision/recall/F1; and ece
+    (15 bins) when the top-1 probabilities are given."""
     topk_ids = np.asarray(topk_ids)
     labels = np.asarray(labels)
     scored = labels != IGNORE_INDEX  # images that could not be decoded are listed in skipped_images.json instead
     topk_ids, labels = topk_ids[scored], labels[scored]
+    top1_probs = None if top1_probs is None else np.asarray(top1_probs).ravel()[scored]
     if len(labels) == 0:  # every image failed to decode: nothing to score (skipped_images.json says why)
         names = ["accuracy", "precision_macro", "recall_macro", "f1_macro"]
         names += ["top5_accuracy"] if num_classes > TOP_K else []
+        names += ["ece"] if top1_probs is not None else []
         return {"samples": 0, **{name: float("nan") for name in names}}
     if topk_ids.ndim == 1:
         topk_ids = topk_ids[:, None]
@@ -110,6 +153,8 @@ def classification_metrics(topk_ids: np.ndarray, labels: np.ndarray, num_classes
     }
     if num_classes > TOP_K:
         metrics["top5_accuracy"] = float((topk_ids[:, :TOP_K] == labels[:, None]).any(axis=1).mean())
+    if top1_probs is not None:
+        metrics["ece"] = expected_calibration_error(calibration_bins(top1_probs, topk_ids[:, 0] == labels))
     return metrics
 
 
@@ -121,8 +166,10 @@ class ComputeMetrics:
 
     def __call__(self, eval_pred) -> dict[str, float]:
         predictions = eval_pred.predictions
-        topk_ids = predictions[0] if isinstance(predictions, (tuple, list)) else predictions
-        metrics = classification_metrics(topk_ids, eval_pred.label_ids, self.num_classes)
-        if isinstance(predictions, (tuple, list)) and len(predictions) == 3:
-            metrics.update(all_class_metrics(predictions[2], eval_pred.label_ids))
+        if not isinstance(predictions, (tuple, list)):  # top-k ids alone
+            return classification_metrics(predictions, eval_pred.label_ids, self.num_classes)
+        top1_probs = np.asarray(predictions[1])[:, 0] if len(predictions) > 1 else None
+        metrics = classification_metrics(predictions[0], eval_pred.label_ids, self.num_classes, top1_probs)
+        if len(predictions) == 4:  # (ids, probabilities, probability of the truth, ranks among all classes)
+            metrics.update(all_class_metrics(predictions[3], eval_pred.label_ids))
         return metrics

@@ -113,7 +113,7 @@ def load_image_processor(args: ModelArguments):
         raise _load_error(name, "image processor (preprocessor_config.json)", err) from err
 
 
-def _head_linear(model) -> tuple[str, nn.Linear]:
+def head_linear(model) -> tuple[str, nn.Linear]:
     """The classifier's last linear layer, by name."""
     return [(n, m) for n, m in model.named_modules() if n and is_head(n) and isinstance(m, nn.Linear)][-1]
 
@@ -155,7 +155,7 @@ def subset_head(model) -> SubsetHead | None:
 def _head_from_rows(model, rows: list[int], labels: list[str], evaluate_only: bool = False) -> None:
     """Replace the classifier's last linear layer by one with only `rows` (weights and biases copied), or, to
     evaluate only, by a `SubsetHead` over the layer as it is."""
-    name, linear = _head_linear(model)
+    name, linear = head_linear(model)
     if evaluate_only:
         head = SubsetHead(linear, rows)
     else:
