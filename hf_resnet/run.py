@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import sys
+from dataclasses import dataclass
 
 import datasets
 import torch
@@ -160,11 +161,24 @@ def write_reports(trainer: ImageClassificationTrainer, head_labels: list[str], o
     return results, write_training_curves(output_dir, trainer.state, trainer.args.load_best_model_at_end)
 
 
-def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
-         training_args: FinetuneTrainingArguments, callbacks: list | None = None) -> dict:
-    """The whole run; returns its metrics. `callbacks`: the caller's own `TrainerCallback`s (`hf-resnet sweep`
-    reports each evaluation to its trial with one). Kept whole: it is the run's spine, read top to bottom as the
-    steps of the module docstring, each a named function (as alignment-handbook's and trl's scripts read)."""
+@dataclass
+class BuiltRun:
+    """What `build_trainer` made: the Trainer and what the steps after it need."""
+
+    trainer: ImageClassificationTrainer
+    data: ImageData
+    inputs: dict
+    pre: PreprocessConfig
+    head_labels: list[str]
+    last_checkpoint: str | None
+
+
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
+                  training_args: FinetuneTrainingArguments, callbacks: list | None = None,
+                  resume: bool = True) -> BuiltRun:
+    """The run up to its Trainer, as `hf-resnet train` builds it (`hf-resnet lr-find` builds the same, with
+    `resume=False`: it neither resumes nor touches a previous run's files). Kept whole: the first steps of the
+    run's spine, read top to bottom as the module docstring lists them, each a named function."""
     # Logging, seed, the checks across fields, and whether the Hub answers -----------------------------------------
     setup_logging(training_args)
     set_seed(training_args.seed)
@@ -187,7 +201,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     head_labels = label_names(model.config)
-    last_checkpoint = resume_or_start(training_args, head_labels)
+    last_checkpoint = resume_or_start(training_args, head_labels) if resume else None
 
     # Strategy: what trains when, each part's rate, the loss's class weights (logged) ------------------------------
     strategy = plan_strategy(model, strategy_args, training_args, data, settings.steps_per_epoch)
@@ -209,9 +223,19 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
         describe_examples=functools.partial(file_names, train_set),
         split_sizes=data.sizes, max_skipped_share=data_args.max_skipped_share, callbacks=callbacks,
     )
+    return BuiltRun(trainer, data, inputs, pre, head_labels, last_checkpoint)
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
+         training_args: FinetuneTrainingArguments, callbacks: list | None = None) -> dict:
+    """The whole run; returns its metrics. `callbacks`: the caller's own `TrainerCallback`s (`hf-resnet sweep`
+    reports each evaluation to its trial with one). It reads top to bottom as the steps of the module docstring,
+    each a named function (as alignment-handbook's and trl's scripts read); `build_trainer` is the first ones."""
+    run = build_trainer(model_args, data_args, strategy_args, training_args, callbacks)
+    trainer, data, inputs, pre, head_labels = run.trainer, run.data, run.inputs, run.pre, run.head_labels
 
     # Train, evaluate, test ----------------------------------------------------------------------------------------
-    metrics = train(trainer, last_checkpoint) if training_args.do_train else {}
+    metrics = train(trainer, run.last_checkpoint) if training_args.do_train else {}
     outputs = evaluate_splits(trainer, inputs, data, data_args)
     for split_metrics, _, _ in outputs.values():
         metrics.update(split_metrics)
@@ -222,8 +246,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     card = None
     if main_process:
         results, curves = write_reports(trainer, head_labels, outputs, inputs, report, pre)
-        card = card_info(data, model_args, data_args, strategy_args, training_args, model, head_labels, pre, results,
-                         curves)
+        card = card_info(data, model_args, data_args, strategy_args, training_args, trainer.model, head_labels, pre,
+                         results, curves)
     publish(report, training_args.output_dir, data_args.max_skipped_share, main_process)
 
     # Card and push (an evaluation-only run made no model: it pushes its report) ------------------------------------
