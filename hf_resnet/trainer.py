@@ -111,6 +111,7 @@ class ImageClassificationTrainer(EmaTrainerMixin, ProcessDataMixin, Trainer):
         self.steps_per_epoch: int | None = None  # optimizer steps, known once training starts
         self._example_ids = None
         self._skip_update = False
+        self._step_momentum: float | None = None  # the first group's momentum (or beta1) at the last step
         self._keep_predictions, self._kept = False, None
         self._eval_split = "eval"
         self.subset_head = subset_head(self.model)  # evaluating the pretrained head on some of its classes
@@ -246,6 +247,7 @@ class ImageClassificationTrainer(EmaTrainerMixin, ProcessDataMixin, Trainer):
             if self._skip_update:
                 self._skip_update = False
                 return None
+            self._step_momentum = momentum_of(optimizer.param_groups[0])  # before a schedule moves it
             result = step(*args, **kwargs)
             self.ema_step()
             return result
@@ -280,9 +282,10 @@ class ImageClassificationTrainer(EmaTrainerMixin, ProcessDataMixin, Trainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        """The Trainer's, with the first group's momentum (SGD) or beta1 (Adam) beside its rate under one-cycle."""
-        if "learning_rate" in logs and value_of(self.args.lr_scheduler_type) == ONE_CYCLE and self.optimizer:
-            logs = {**logs, "momentum": momentum_of(self.optimizer.param_groups[0])}
+        """The Trainer's, with the first group's momentum (SGD) or beta1 (Adam) beside its rate under one-cycle: both
+        as the last optimizer step took them."""
+        if "learning_rate" in logs and value_of(self.args.lr_scheduler_type) == ONE_CYCLE:
+            logs = {**logs, "momentum": self._step_momentum}
         super().log(logs, *args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
