@@ -17,7 +17,9 @@ Strategies (every run goes through `hf_resnet.run.main`, as `hf-resnet train` do
 - full_at_3e-3: a control, full fine-tuning at scratch's rate: the pre-trained start is then the only difference;
 - gradual: the head alone, then stage 4 at epoch 2, stage 3 at 4, stage 2 at 6, stage 1 at 8, layer decay 0.7;
 - report_recipe: `--config resnet50/report_recipe` as shipped (SGD momentum 0.9, conv1 at 0.001 and the head at
-  0.01, the rest frozen with BatchNorm statistics adapting, x0.1 after epoch 5), only model, data and budget set.
+  0.01, the rest frozen with BatchNorm statistics adapting, x0.1 after epoch 5), only model, data and budget set;
+- fine_tune: `--config resnet50/imagefolder_fine_tune` as shipped (fastai's fine_tune: the head alone for an epoch,
+  then three groups at 1e-5 / 1e-4 / 1e-3 on a one-cycle), only model, data and budget set.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ STRATEGIES = {
     "gradual": ["--tuning", "linear_probe", "--unfreeze_epochs", "2", "4", "6", "8", "--learning_rate", "0.002",
                 "--head_learning_rate", "0.01", "--layer_decay", "0.7"],
     "report_recipe": ["--config", "resnet50/report_recipe"],
+    "fine_tune": ["--config", "resnet50/imagefolder_fine_tune"],
 }
+OWN_SCHEDULE = ("report_recipe", "fine_tune")  # recipes run as shipped: their own optimizer and schedule
 ADAMW_COSINE = ["--optim", "adamw_torch", "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
                 "--weight_decay", "0.0001"]
 
@@ -136,7 +140,7 @@ def main() -> None:
                 argv = [*STRATEGIES[name], *common(subset, target_val, out, args.epochs, seed)]
                 if name != "scratch":
                     argv += ["--model_name_or_path", str(pretrained)]
-                if name not in ("report_recipe",):
+                if name not in OWN_SCHEDULE:
                     argv += ADAMW_COSINE
                 metrics, seconds = run(argv, work / "runs.log")
                 results.setdefault((per_class, name), []).append((metrics["eval_accuracy"], seconds))
