@@ -55,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """`hf-resnet lr-find ARGS`: its own flags, then any `train` field for the recipe parser (`cli.main`)."""
-    parser = add_arguments(argparse.ArgumentParser(prog="hf-resnet lr-find", description=DESCRIPTION,
-                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser = add_arguments(argparse.ArgumentParser(  # no abbreviations: `--start` must reach the recipe parser whole
+        prog="hf-resnet lr-find", description=DESCRIPTION, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
     known, rest = parser.parse_known_args(argv)
     from .data.images import decoder_choice_problem
 
