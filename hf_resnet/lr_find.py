@@ -16,6 +16,12 @@ loss, stop once the smoothed loss (beta 0.98, bias-corrected) passes `diverge` x
   train/eval flags, BatchNorm held in eval mode, the optimizer (its state, or none yet), the scheduler, the EMA,
   the gradient scaler, the Trainer's state and arguments, and the python, numpy and torch random states. Nothing
   is saved as a model or checkpoint.
+
+It relies on (`tests/test_lr_find.py` fails when an upgrade changes one): `Trainer.train` asking
+`self.create_scheduler(num_training_steps, optimizer)` for its schedule (set on the instance for the test only);
+the Trainer logging each step's loss, averaged over processes, with `logging_steps: 1`; and `accelerator.prepare`
+appending to the accelerator's private `_models` / `_optimizers` / `_schedulers` / `_dataloaders` lists, which are
+put back as they were.
 """
 
 from __future__ import annotations
