@@ -17,7 +17,11 @@ Strategies (every run goes through `hf_resnet.run.main`, as `hf-resnet train` do
 - full_at_3e-3: a control, full fine-tuning at scratch's rate: the pre-trained start is then the only difference;
 - gradual: the head alone, then stage 4 at epoch 2, stage 3 at 4, stage 2 at 6, stage 1 at 8, layer decay 0.7;
 - report_recipe: `--config resnet50/report_recipe` as shipped (SGD momentum 0.9, conv1 at 0.001 and the head at
-  0.01, the rest frozen with BatchNorm statistics adapting, x0.1 after epoch 5), only model, data and budget set.
+  0.01, the rest frozen with BatchNorm statistics adapting, x0.1 after epoch 5), only model, data and budget set;
+- fine_tune: `--config resnet50/imagefolder_fine_tune` as shipped (fastai's fine_tune: the head alone for an epoch,
+  then three groups at 1e-5 / 1e-4 / 1e-3 on a one-cycle), only model, data and budget set;
+- fine_tune_lr_find: the same, at the rates `hf-resnet lr-find --at_epoch 1` suggests for it on the same data
+  (valley; all three groups scaled together), the range test counted in the run's wall time.
 """
 
 from __future__ import annotations
@@ -50,7 +54,10 @@ STRATEGIES = {
     "gradual": ["--tuning", "linear_probe", "--unfreeze_epochs", "2", "4", "6", "8", "--learning_rate", "0.002",
                 "--head_learning_rate", "0.01", "--layer_decay", "0.7"],
     "report_recipe": ["--config", "resnet50/report_recipe"],
+    "fine_tune": ["--config", "resnet50/imagefolder_fine_tune"],
+    "fine_tune_lr_find": ["--config", "resnet50/imagefolder_fine_tune"],  # + the rates lr-find suggests
 }
+OWN_SCHEDULE = ("report_recipe", "fine_tune", "fine_tune_lr_find")  # as shipped: their own optimizer and schedule
 ADAMW_COSINE = ["--optim", "adamw_torch", "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
                 "--weight_decay", "0.0001"]
 
@@ -77,6 +84,20 @@ def run(argv: list[str], log: Path) -> tuple[dict, float]:
     with open(log, "a") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
         metrics = main(*parse_args(argv))
     return metrics, time.perf_counter() - start
+
+
+def found_rates(argv: list[str], log: Path) -> list[str]:
+    """The flags that set the rates `hf-resnet lr-find --at_epoch 1` suggests for the run of `argv`."""
+    from hf_resnet.lr_find import find_lr
+    from hf_resnet.lr_find_cli import scaled_rates
+    from hf_resnet.parser import parse_args
+    from hf_resnet.run import build_trainer
+
+    with open(log, "a") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+        arguments = parse_args(argv)
+        result = find_lr(build_trainer(*arguments, resume=False).trainer, at_epoch=1)
+    rate = arguments[3].learning_rate
+    return scaled_rates(arguments[2], rate, result.suggested / rate)
 
 
 def common(train: Path, validation: Path, out: Path, epochs: int, seed: int) -> list[str]:
@@ -136,9 +157,13 @@ def main() -> None:
                 argv = [*STRATEGIES[name], *common(subset, target_val, out, args.epochs, seed)]
                 if name != "scratch":
                     argv += ["--model_name_or_path", str(pretrained)]
-                if name not in ("report_recipe",):
+                if name not in OWN_SCHEDULE:
                     argv += ADAMW_COSINE
-                metrics, seconds = run(argv, work / "runs.log")
+                start = time.perf_counter()
+                if name == "fine_tune_lr_find":
+                    argv += found_rates(argv, work / "runs.log")
+                metrics, _ = run(argv, work / "runs.log")
+                seconds = time.perf_counter() - start  # with the range test, for fine_tune_lr_find
                 results.setdefault((per_class, name), []).append((metrics["eval_accuracy"], seconds))
                 print(f"  {per_class:>3}/digit seed {seed} {name:<13} accuracy {metrics['eval_accuracy']:.3f} "
                       f"({seconds:.1f} s)", flush=True)

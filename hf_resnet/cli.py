@@ -8,6 +8,7 @@ answers at once.
     hf-resnet demo MODEL [--space DIR]               a web page for the model (Gradio), or a Hugging Face Space
     hf-resnet audit DATA                             check an image folder before training
     hf-resnet sweep --space S --n_trials N ...       hyperparameter search with Optuna (sweep/command.py)
+    hf-resnet lr-find --config RECIPE                learning-rate range test: lr_find.png, a suggested rate
 
 Exit codes: 0 done and nothing wrong, 1 the job found problems (e.g. unreadable images), 2 bad usage (the
 message names the fix).
@@ -23,6 +24,7 @@ from pathlib import Path
 from .constants import DEFAULT_MAX_PIXELS
 from .demo_cli import add_command as add_demo_command  # argparse only: Gradio loads when the demo runs
 from .flags import add_model_flags, both, pixels, positive
+from .lr_find_cli import add_command as add_lr_find_command
 from .predict_cli import add_command as add_predict_command
 
 
@@ -208,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=EVALUATE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
     add_predict_command(commands)
     add_demo_command(commands)
+    add_lr_find_command(commands)
     _export_arguments(commands.add_parser(
         "export", help="ONNX (--onnx) and int8 (--int8) models for ONNX Runtime, checked against PyTorch",
         description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
@@ -283,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["sweep"]:  # its own options, then any `train` field, for every trial
         from .sweep.command import main as sweep
         return sweep(argv[1:])
+    if argv[:1] == ["lr-find"]:  # its own flags, then any `train` field
+        from .lr_find_cli import main as lr_find
+        return lr_find(argv[1:])
     if argv[:1] == ["evaluate"]:  # its own flags, then any `train` field, for the recipe parser
         return _evaluate(argv[1:])
     args = build_parser().parse_args(argv)

@@ -16,7 +16,7 @@ import torch
 from transformers import TrainingArguments
 
 from .bundled import check_bundled
-from .constants import BUNDLED_PREFIX, DEFAULT_MAX_PIXELS
+from .constants import BUNDLED_PREFIX, DEFAULT_MAX_PIXELS, ONE_CYCLE
 from .errors import ConfigError
 from .model_config import ModelArguments  # noqa: F401 (re-exported: `configs` holds all three)
 from .training.preemption import parse_stop_signals
@@ -285,6 +285,8 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=143, metadata={"help": "Exit code after such a stop (143 = 128 + SIGTERM; 0 for schedulers that "
                                        "requeue only jobs that succeeded)."},
     )
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers' schedules (linear, cosine, "
+                                   "constant, ...) or `one_cycle` (torch's OneCycleLR: the one_cycle_* fields)."})
     do_train: bool = field(default=True, metadata={"help": "Fine-tune on the train split."})
     do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})
 
@@ -311,7 +313,10 @@ class FinetuneTrainingArguments(TrainingArguments):
             raise ConfigError(f"`on_nonfinite_loss` must be 'stop' or 'skip', got {self.on_nonfinite_loss!r}.")
         if self.dataloader_pin_memory and torch.cuda.is_available() and not self.use_cpu:
             self.accelerator_config = copies_without_waiting(self.accelerator_config)
+        one_cycle = self.lr_scheduler_type == ONE_CYCLE  # ours: transformers' check below sees `constant`
+        self.lr_scheduler_type = "constant" if one_cycle else self.lr_scheduler_type
         super().__post_init__()
+        self.lr_scheduler_type = ONE_CYCLE if one_cycle else self.lr_scheduler_type
 
     def _check_precision(self) -> None:
         """fp16/bf16 that this machine cannot run: one message with the fix, not the Trainer's traceback."""

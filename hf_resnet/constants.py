@@ -26,6 +26,9 @@ TTA_MODES = ("none", "flip", "five_crop", "augment")  # test-time augmentation (
 # The folder under output_dir that holds the evaluation reports (one sub-folder per split) and their pictures.
 REPORT_DIR = "report"
 
+# `lr_scheduler_type: one_cycle`: our schedule (trainer.create_scheduler, torch's OneCycleLR), not a transformers one.
+ONE_CYCLE = "one_cycle"
+
 
 # What a recipe or flag writes for "no value" (`--dataset_name null`, `--model_name_or_path none`).
 NULLS = ("null", "none", "~", "")

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import sys
+from dataclasses import dataclass
 
 import datasets
 import torch
@@ -36,12 +37,13 @@ from .reports.model_card import CardInfo, base_model_license, dataset_title, run
 from .settings import check_arguments, resolve_settings
 from .strategy_config import StrategyArguments
 from .trainer import ImageClassificationTrainer
+from .training.alignment import Alignment
 from .training.calibration import Calibration, calibrate
 from .training.checkpoints import fix_file_modes, is_complete, resume_checkpoint
 from .training.modeling import build_model, head_alignment, label_remap, load_config, load_image_processor
 from .training.preemption import Preempted
 from .training.preflight import check_run
-from .training.run_lock import lock_output_dir
+from .training.run_lock import RunLock, lock_output_dir
 from .training.strategies import plan_strategy
 
 logger = logging.getLogger("hf_resnet.run")
@@ -197,11 +199,26 @@ def write_reports(trainer: ImageClassificationTrainer, head_labels: list[str], o
     return results, write_training_curves(output_dir, trainer.state, trainer.args.load_best_model_at_end)
 
 
-def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
-         training_args: FinetuneTrainingArguments, callbacks: list | None = None) -> dict:
-    """The whole run; returns its metrics. `callbacks`: the caller's own `TrainerCallback`s (`hf-resnet sweep`
-    reports each evaluation to its trial with one). Kept whole: it is the run's spine, read top to bottom as the
-    steps of the module docstring, each a named function (as alignment-handbook's and trl's scripts read)."""
+@dataclass
+class BuiltRun:
+    """What `build_trainer` made: the Trainer and what the steps after it need."""
+
+    trainer: ImageClassificationTrainer
+    data: ImageData
+    inputs: dict
+    pre: PreprocessConfig
+    head_labels: list[str]
+    last_checkpoint: str | None
+    alignment: Alignment | None  # the head's row per dataset class (None: a new head)
+    lock: RunLock | None  # output_dir's run lock, released when the run ends
+
+
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
+                  training_args: FinetuneTrainingArguments, callbacks: list | None = None,
+                  resume: bool = True) -> BuiltRun:
+    """The run up to its Trainer, as `hf-resnet train` builds it (`hf-resnet lr-find` builds the same, with
+    `resume=False`: it neither resumes nor touches a previous run's files). Kept whole: the first steps of the
+    run's spine, read top to bottom as the module docstring lists them, each a named function."""
     # Logging, seed, the checks across fields, and whether the Hub answers -----------------------------------------
     setup_logging(training_args)
     set_seed(training_args.seed)
@@ -225,7 +242,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     head_labels = label_names(model.config)
-    last_checkpoint = resume_or_start(training_args, head_labels)
+    last_checkpoint = resume_or_start(training_args, head_labels) if resume else None
 
     # Strategy: what trains when, each part's rate, the loss's class weights (logged) ------------------------------
     strategy = plan_strategy(model, strategy_args, training_args, data, settings.steps_per_epoch)
@@ -247,11 +264,21 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
         describe_examples=functools.partial(file_names, train_set),
         split_sizes=data.sizes, max_skipped_share=data_args.max_skipped_share, callbacks=callbacks,
     )
+    return BuiltRun(trainer, data, inputs, pre, head_labels, last_checkpoint, alignment, lock)
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: StrategyArguments,
+         training_args: FinetuneTrainingArguments, callbacks: list | None = None) -> dict:
+    """The whole run; returns its metrics. `callbacks`: the caller's own `TrainerCallback`s (`hf-resnet sweep`
+    reports each evaluation to its trial with one). It reads top to bottom as the steps of the module docstring,
+    each a named function (as alignment-handbook's and trl's scripts read); `build_trainer` is the first ones."""
+    run = build_trainer(model_args, data_args, strategy_args, training_args, callbacks)
+    trainer, data, inputs, pre, head_labels = run.trainer, run.data, run.inputs, run.pre, run.head_labels
 
     # Train, evaluate, test ----------------------------------------------------------------------------------------
-    calibrate_on = eval_set if strategy_args.temperature_scaling else None
-    metrics, calibration = train(trainer, last_checkpoint, calibrate_on) if training_args.do_train else ({}, None)
-    tta = tta_splits(data, pre, data_args, strategy_args, alignment, training_args.seed)
+    calibrate_on = inputs.get("validation") if strategy_args.temperature_scaling else None
+    metrics, calibration = train(trainer, run.last_checkpoint, calibrate_on) if training_args.do_train else ({}, None)
+    tta = tta_splits(data, pre, data_args, strategy_args, run.alignment, training_args.seed)
     outputs = evaluate_splits(trainer, inputs, data, data_args, tta)
     if calibration is not None and "validation" in outputs:
         calibration.ece_after = outputs["validation"][0].get("eval_ece")  # the folded model's
@@ -265,8 +292,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     if main_process:
         eval_pre = at_resolution(pre, data_args.eval_image_size, data_args.eval_crop_pct)
         results, curves = write_reports(trainer, head_labels, outputs, inputs, report, eval_pre, calibration)
-        card = card_info(data, model_args, data_args, strategy_args, training_args, model, head_labels, pre, results,
-                         curves, calibration)
+        card = card_info(data, model_args, data_args, strategy_args, training_args, trainer.model, head_labels, pre,
+                         results, curves, calibration)
     publish(report, training_args.output_dir, data_args.max_skipped_share, main_process)
 
     # Card and push (an evaluation-only run made no model: it pushes its report) ------------------------------------
@@ -280,6 +307,6 @@ def main(model_args: ModelArguments, data_args: DataArguments, strategy_args: St
     elif training_args.push_to_hub:
         trainer.push_report()
     trainer.accelerator.wait_for_everyone()  # no process leaves while the main one still writes (gloo aborts)
-    if lock is not None:
-        lock.release()
+    if run.lock is not None:
+        run.lock.release()
     return metrics

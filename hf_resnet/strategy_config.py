@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .constants import TTA_MODES, value_of
+from .constants import ONE_CYCLE, TTA_MODES, value_of
 from .errors import ConfigError
 
 TUNINGS = ("full", "linear_probe")
@@ -126,6 +126,20 @@ class StrategyArguments:
         metadata={"help": "Multiply the rate by `lr_gamma` every this many epochs (torch's StepLR, in epochs)."},
     )
     lr_gamma: float = field(default=0.1, metadata={"help": "Factor applied at each step of the decay."})
+    one_cycle_pct_start: float = field(
+        default=0.25,
+        metadata={"help": "`lr_scheduler_type: one_cycle`: share of the steps spent rising to each group's rate "
+                          "(fastai's fit_one_cycle 0.25; its fine_tune 0.3)."},
+    )
+    one_cycle_div: float = field(default=25.0, metadata={"help": "one_cycle: the first rate is each group's / this."})
+    one_cycle_final_div: float = field(
+        default=1e5, metadata={"help": "one_cycle: the last rate is each group's / this (fastai's div_final)."}
+    )
+    one_cycle_momentum: list[float] | None = field(
+        default_factory=lambda: [0.95, 0.85],
+        metadata={"help": "one_cycle: SGD's momentum or Adam's beta1 goes from the first to the second at the peak "
+                          "rate and back; null keeps them fixed."},
+    )
     # Loss and sampling ------------------------------------------------------------------------------------------
     class_weights: list[str] | None = field(
         default=None,
@@ -214,6 +228,7 @@ class StrategyArguments:
             raise ConfigError(f"`lr_step_size` is in epochs and must be positive, got {self.lr_step_size}.")
         if not 0 < self.lr_gamma <= 1:
             raise ConfigError(f"`lr_gamma` must be in (0, 1], e.g. 0.1, got {self.lr_gamma}.")
+        self._check_one_cycle()
         self.class_weights = self._parse_class_weights(self.class_weights)
         if self.class_weights is not None and self.balanced_sampler:
             raise ConfigError("`class_weights` and `balanced_sampler` both correct the class imbalance and would "
@@ -246,6 +261,18 @@ class StrategyArguments:
             raise ConfigError(f"`class_weights` must be `auto` or one non-negative number per class, got {values}.")
         return weights
 
+    def _check_one_cycle(self) -> None:
+        if not 0 < self.one_cycle_pct_start < 1:
+            raise ConfigError(f"`one_cycle_pct_start` is a share of the steps, in (0, 1); got "
+                              f"{self.one_cycle_pct_start}.")
+        if self.one_cycle_div < 1 or self.one_cycle_final_div < 1:
+            raise ConfigError("`one_cycle_div` and `one_cycle_final_div` divide the peak rate: each must be >= 1.")
+        if self.one_cycle_momentum is not None:
+            self.one_cycle_momentum = _floats(self.one_cycle_momentum, "one_cycle_momentum")
+            if len(self.one_cycle_momentum) != 2 or not all(0 <= m < 1 for m in self.one_cycle_momentum):
+                raise ConfigError(f"`one_cycle_momentum` is [high, low] in [0, 1), e.g. [0.95, 0.85] (null: fixed), "
+                                  f"got {self.one_cycle_momentum}.")
+
     @property
     def step_decay(self) -> bool:
         return bool(self.lr_milestones) or self.lr_step_size is not None
@@ -264,6 +291,9 @@ class StrategyArguments:
             raise ConfigError(f"`lr_milestones` / `lr_step_size` set a step schedule, but `lr_scheduler_type` is "
                               f"{schedule!r}; set `lr_scheduler_type: constant` (or `constant_with_warmup` for a "
                               "warm-up before it).")
+        if schedule == ONE_CYCLE and (training_args.warmup_steps or getattr(training_args, "warmup_ratio", 0)):
+            raise ConfigError("`lr_scheduler_type: one_cycle` warms up by itself over `one_cycle_pct_start` of the "
+                              "steps; set `warmup_steps: 0` (or change `one_cycle_pct_start`).")
         if not 0 <= training_args.label_smoothing_factor < 1:
             raise ConfigError(f"`label_smoothing_factor` must be in [0, 1), got "
                               f"{training_args.label_smoothing_factor}.")

@@ -4,7 +4,8 @@ streamed data; our model card.
 `ImageClassificationTrainer` differs from `transformers.Trainer` in these places only:
 - `create_optimizer`: every parameter in a group from `strategies.param_groups` (per-selector rates, head rate,
   layer decay, no decay on norms/biases); SGD gets `sgd_momentum` / `sgd_nesterov`; the groups are logged;
-- `create_scheduler`: step / multi-step decay in epochs (`optim.step_schedule`) when the recipe sets it;
+- `create_scheduler`: step / multi-step decay in epochs (`optim.step_schedule`) when the recipe sets it, or torch's
+  one-cycle (`optim.one_cycle`) with `lr_scheduler_type: one_cycle`; `log` adds its momentum beside the rate;
 - `set_initial_training_values`: keeps the optimizer steps per epoch, for those epochs and for gradual unfreezing
   (`callbacks.UnfreezeCallback`, which reads them when training starts);
 - `compute_loss`: the training loss is `losses.TrainingLoss` when label smoothing, class weights, mixup or CutMix
@@ -72,7 +73,7 @@ from transformers import EarlyStoppingCallback, Trainer
 from transformers.trainer_utils import EvalLoopOutput, has_length
 from transformers.utils.hub import hf_api
 
-from .constants import IGNORE_INDEX, REPORT_DIR
+from .constants import IGNORE_INDEX, ONE_CYCLE, REPORT_DIR, value_of
 from .data.gpu_decode import DeviceDecoder
 from .data.inputs import ImageClassificationDataset, collate, pad_lone_example
 from .data.transforms import BatchNormalizer
@@ -84,7 +85,7 @@ from .training.distributed import ExampleLog, ProcessDataMixin
 from .training.ema import EmaTrainerMixin, WeightEma
 from .training.metrics import ComputeMetrics, reduce_logits
 from .training.modeling import subset_head
-from .training.optim import describe_groups, milestone_steps, optimizer_kwargs, step_schedule
+from .training.optim import describe_groups, milestone_steps, momentum_of, one_cycle, optimizer_kwargs, step_schedule
 from .training.preemption import StopOnSignal, parse_stop_signals
 from .training.strategies import Strategy
 from .training.tta import TtaTrainerMixin
@@ -115,6 +116,7 @@ class ImageClassificationTrainer(EmaTrainerMixin, TtaTrainerMixin, ProcessDataMi
         self.steps_per_epoch: int | None = None  # optimizer steps, known once training starts
         self._example_ids = None
         self._skip_update = False
+        self._step_momentum: float | None = None  # the first group's momentum (or beta1) at the last step
         self._keep_predictions, self._kept = False, None
         self._eval_split = "eval"
         self.subset_head = subset_head(self.model)  # evaluating the pretrained head on some of its classes
@@ -250,6 +252,7 @@ class ImageClassificationTrainer(EmaTrainerMixin, TtaTrainerMixin, ProcessDataMi
             if self._skip_update:
                 self._skip_update = False
                 return None
+            self._step_momentum = momentum_of(optimizer.param_groups[0])  # before a schedule moves it
             result = step(*args, **kwargs)
             self.ema_step()
             return result
@@ -273,7 +276,22 @@ class ImageClassificationTrainer(EmaTrainerMixin, TtaTrainerMixin, ProcessDataMi
             self._created_lr_scheduler = True  # (7) a second train() builds a fresh one
             logger.info("Step decay: rate x%g at optimizer steps %s (%d per epoch), after %d warm-up steps",
                         options.lr_gamma, milestones, self.steps_per_epoch, warmup)
+        if self.lr_scheduler is None and value_of(self.args.lr_scheduler_type) == ONE_CYCLE:
+            self.lr_scheduler = one_cycle(optimizer or self.optimizer, num_training_steps,
+                                          options.one_cycle_pct_start, options.one_cycle_div,
+                                          options.one_cycle_final_div, options.one_cycle_momentum)
+            self._created_lr_scheduler = True  # (7)
+            logger.info("One-cycle over %d optimizer steps: each group from its rate / %g up to it at step %d, down "
+                        "to / %g", num_training_steps, options.one_cycle_div,
+                        round(options.one_cycle_pct_start * num_training_steps), options.one_cycle_final_div)
         return super().create_scheduler(num_training_steps, optimizer)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """The Trainer's, with the first group's momentum (SGD) or beta1 (Adam) beside its rate under one-cycle: both
+        as the last optimizer step took them."""
+        if "learning_rate" in logs and value_of(self.args.lr_scheduler_type) == ONE_CYCLE:
+            logs = {**logs, "momentum": self._step_momentum}
+        super().log(logs, *args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.strategy.sampler is not None:

@@ -66,7 +66,7 @@ RULES = [
     (SKIP, r"\bmkdocs\b", "builds this site, as test_site_builds_strictly does"),
     (SKIP, r"\bpip\b|-m venv\b|\bpytest\b|\bruff\b|^echo |^git ", "installs the package or runs the test suite "
      "(what .ci/run does)"),
-    (RUN, r"^(\.venv/bin/)?hf-resnet( [a-z]+)? (-h|--help|--help-all)$", "help"),
+    (RUN, r"^(\.venv/bin/)?hf-resnet( [a-z-]+)? (-h|--help|--help-all)$", "help"),
     (SKIP, r"microsoft/|ILSVRC/|--config resnet50/|--push_to_hub true|--dataset_name (?!bundled:)",
      "needs the Hub (weights, a Hub dataset or an upload)"),
     (SKIP, r"(^|\s)(my|data|/data|/shared|/path)/", "runs on your own data (a placeholder path)"),

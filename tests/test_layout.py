@@ -26,9 +26,9 @@ LAYERS = [
     ["training.callbacks", "training.distributed", "reports.evaluation", "export", "demo", "sweep.outputs"],
     ["trainer", "demo_cli", "predict_cli"],
     ["run"],
-    ["sweep.trial"],
+    ["sweep.trial", "lr_find"],
     ["sweep.runner"],
-    ["sweep.command"],
+    ["sweep.command", "lr_find_cli"],
     ["cli"],
 ]
 

@@ -251,7 +251,7 @@ def test_frozen_batchnorm_may_be_left_to_adapt():
 
 STRATEGY_RECIPES = ["resnet50/report_recipe", "resnet50/imagefolder_gradual_unfreeze",
                     "resnet50/imagefolder_frozen_stages", "resnet50/imagefolder_regularised",
-                    "resnet50/imagefolder_imbalanced"]
+                    "resnet50/imagefolder_imbalanced", "resnet50/imagefolder_fine_tune"]
 
 
 @pytest.mark.slow

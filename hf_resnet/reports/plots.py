@@ -208,3 +208,28 @@ def reliability_png(path: Path, table: np.ndarray, ece: float, title: str) -> Pa
     counts_axes.set_ylabel("images")
     counts_axes.grid(alpha=0.3)
     return _save(figure, path)
+
+
+def lr_find_png(path: Path, rates: Sequence[float], losses: Sequence[float], smoothed: Sequence[float],
+                suggestions: dict[str, tuple[float, float]], chosen: str) -> Path:
+    """`hf-resnet lr-find`'s curve: each step's loss (faint) and its smoothed value against the rate (log axis);
+    each suggestion a marker on the smoothed curve at (rate, loss), the chosen one named in the title."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    axes.plot(rates, losses, color="#8c959f", linewidth=0.8, alpha=0.6, label="loss")
+    axes.plot(rates, smoothed, color=NEUTRAL, linewidth=1.6, label="smoothed loss")
+    markers = {"valley": ("o", "#cf222e"), "slide": ("s", "#0969da"), "minimum": ("v", "#1a7f37"),
+               "steep": ("^", "#8250df")}
+    for name, (rate, loss) in suggestions.items():
+        shape, colour = markers.get(name, ("x", NEUTRAL))
+        axes.plot([rate], [loss], linestyle="none", marker=shape, markersize=9 if name == chosen else 6,
+                  color=colour, label=f"{name}: {rate:.2g}" + (" (suggested)" if name == chosen else ""))
+    axes.set_xscale("log")
+    axes.set_xlabel("learning_rate (every group's rate scaled with it)")
+    axes.set_ylabel("training loss")
+    top = max(smoothed[: max(1, len(smoothed) // 10)] + [min(smoothed) * 4]) if smoothed else 1.0
+    axes.set_ylim(min(min(losses), min(smoothed)) * 0.95, top * 1.05)
+    axes.set_title(f"Learning-rate range test: suggested {suggestions[chosen][0]:.2g} ({chosen})")
+    axes.grid(True, which="both", alpha=0.25)
+    axes.legend(fontsize=8)
+    return _save(figure, path)

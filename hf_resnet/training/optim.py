@@ -5,6 +5,11 @@
 - Step / multi-step decay: the rate is multiplied by `gamma` at each milestone (in epochs, turned into optimizer
   steps), after an optional linear warm-up. It is a `LambdaLR` of the global step, like every transformers
   schedule: its position is saved in `scheduler.pt` and a resumed run continues it.
+- One-cycle (`lr_scheduler_type: one_cycle`): torch's `OneCycleLR` with each group's own rate as its peak, so the
+  groups' ratios hold all along; from peak / `div` up (cosine, over `pct_start` of the steps) and down to
+  peak / `final_div` (fastai's definition; torch's `final_div_factor` is relative to the first rate, so it gets
+  final_div / div), SGD's momentum or Adam's beta1 cycling the other way. Its position is in `scheduler.pt`, the
+  groups' rates and momenta in `optimizer.pt`: a resumed run continues it exactly.
 - The optimizer's groups are logged at the start: tensors, parameters, rate and weight decay of each.
 """
 
@@ -14,7 +19,7 @@ import functools
 import math
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
 
 def optimizer_kwargs(optimizer_cls, kwargs: dict, momentum: float, nesterov: bool) -> dict:
@@ -44,6 +49,24 @@ def step_schedule(optimizer, warmup_steps: int, milestones: list[int], gamma: fl
     factor = functools.partial(step_decay_factor, warmup_steps=warmup_steps, milestones=tuple(milestones),
                                gamma=gamma)
     return LambdaLR(optimizer, factor)
+
+
+def one_cycle(optimizer, total_steps: int, pct_start: float, div: float, final_div: float,
+              momentum: list[float] | None) -> OneCycleLR:
+    """torch's one-cycle over `total_steps` optimizer steps, each group peaking at its current rate. `momentum`:
+    [high, low] for SGD's momentum or Adam's beta1 (None: left as they are; SGD without momentum keeps none, and
+    an optimizer with neither, such as Adafactor, has nothing to cycle)."""
+    defaults = optimizer.defaults
+    cycle = momentum is not None and ("betas" in defaults or bool(defaults.get("momentum")))
+    high, low = momentum if cycle else (0.95, 0.85)
+    return OneCycleLR(optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps,
+                      pct_start=pct_start, div_factor=div, final_div_factor=final_div / div, cycle_momentum=cycle,
+                      max_momentum=high, base_momentum=low)
+
+
+def momentum_of(group: dict) -> float | None:
+    """SGD's momentum or Adam's beta1 of an optimizer group (None for an optimizer with neither)."""
+    return group["betas"][0] if "betas" in group else group.get("momentum")
 
 
 def describe_groups(groups: list[dict], frozen=None) -> str:
