@@ -69,6 +69,8 @@ def test_a_second_run_into_a_busy_folder_stops_naming_the_first(tmp_path):
     assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
     lock.release()
     assert not (tmp_path / LOCK_NAME).exists()
+    RunLock(tmp_path / "new").acquire().release()  # a run that failed at once leaves no empty folder behind
+    assert not (tmp_path / "new").exists()
     (tmp_path / LOCK_NAME).write_text(json.dumps({"host": "another-host", "pid": 1}))
     with pytest.raises(ConfigError, match="on another-host"):  # whether it lives cannot be known here
         RunLock(tmp_path).acquire()

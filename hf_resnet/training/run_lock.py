@@ -60,9 +60,10 @@ class RunLock:
         self.path = Path(output_dir) / LOCK_NAME
         self.record = {"host": socket.gethostname(), "pid": os.getpid(),
                        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": _command()}
-        self.held = False
+        self.held, self.created = False, False
 
     def acquire(self) -> RunLock:
+        self.created = not self.path.parent.exists()  # a run that fails at once leaves no empty folder behind
         for _ in range(3):  # a stale lock removed, then a race with another run taking it: try again
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +103,8 @@ class RunLock:
     def release(self) -> None:
         if self.held and _read(self.path).get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
+            if self.created and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
         self.held = False
 
 
